@@ -1,0 +1,41 @@
+# ARM suite. `make demo` runs the recipe on the embedded ShapeWorld default; `make test` runs the fast tests.
+# Every target that runs code depends on `setup`, which builds .venv once (a stamp tracks pyproject.toml).
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+PIP := $(PY) -m pip install --quiet --disable-pip-version-check
+export PYTHONUNBUFFERED := 1
+
+.PHONY: setup test test-all demo bench lint clean
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	# torch and torchvision first, as a matched pair (see ../shared/stack.md): a lone torch from the
+	# registry leaves torchvision unimportable. The grep only hides pip's notes about local mirrors.
+	$(PIP) torch==2.14.1 torchvision==0.29.1 2> >(grep -v "is ignored" >&2)
+	$(PIP) -e ".[dev]" 2> >(grep -v "is ignored" >&2)
+	$(PY) -c "import torch, torchvision, lightning, webdataset, arm" || (echo "setup failed: see pip output above" >&2; exit 1)
+	touch $(STAMP)
+
+test: setup
+	$(PY) -m pytest -m "not slow" -q
+
+test-all: setup
+	$(PY) -m pytest -q
+
+demo: setup
+	$(VENV)/bin/arm demo --out results/demo
+
+bench: setup
+	GLIBC_TUNABLES=glibc.malloc.mmap_threshold=33554432:glibc.malloc.trim_threshold=17179869184 \
+		$(VENV)/bin/arm bench --out results/bench.json
+
+lint: setup
+	$(VENV)/bin/ruff check src tests eval
+
+clean:
+	rm -rf results/demo .pytest_cache

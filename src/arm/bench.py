@@ -1,0 +1,93 @@
+"""``make bench``: throughput of the suite's hot paths, with ratios measured side by side in one run.
+
+Absolute times on a shared 2-core machine are noisy; each entry therefore also reports a ratio against a
+baseline timed in the same process, right next to it. ``make bench`` runs this under the glibc allocator settings
+of ``../shared/stack.md`` (see the Makefile) so decode loops do not fault pages back in each step.
+
+Entries so far (later issues add tokenizer, AR training/sampling and RL rollouts):
+- world generation: samples/s with 1 and 2 worker processes (ratio = parallel speed-up);
+- PNG encoding: the hand-written encoder against PIL's at the same zlib level (ratio = speed-up);
+- detector: images/s on clean test scenes.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import platform
+import tempfile
+import time
+from pathlib import Path
+
+
+def _rate(fn, n: int, repeats: int = 3) -> float:
+    """Best-of-``repeats`` items per second of ``fn()``, which processes ``n`` items."""
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - start)
+    return n / best
+
+
+def bench_world(num: int = 4000) -> dict:
+    from arm.data.shapeworld.writer import write_world
+
+    rates = {}
+    for workers in (1, 2):
+        with tempfile.TemporaryDirectory() as tmp:
+            start = time.perf_counter()
+            write_world(tmp, num_train=num, num_val=0, num_test=0, shard_size=max(num // 8, 1), workers=workers,
+                        bench=False, progress=False)
+            rates[workers] = num / (time.perf_counter() - start)
+    return {"samples_per_s_1_worker": rates[1], "samples_per_s_2_workers": rates[2],
+            "parallel_speedup": rates[2] / rates[1]}
+
+
+def bench_png(num: int = 2000) -> dict:
+    import numpy as np
+    from PIL import Image
+
+    from arm.data.shapeworld.render import encode_png, render
+    from arm.data.shapeworld.scene import scene_for
+
+    images = [render(scene_for(0, "train", i)) for i in range(num)]
+
+    def ours():
+        for im in images:
+            encode_png(im)
+
+    def pil():
+        for im in images:
+            Image.fromarray(im).save(io.BytesIO(), format="PNG", compress_level=1)
+
+    r_ours, r_pil = _rate(ours, num), _rate(pil, num)
+    assert np.array_equal(np.asarray(Image.open(io.BytesIO(encode_png(images[0])))), images[0])
+    return {"ours_img_per_s": r_ours, "pil_img_per_s": r_pil, "speedup": r_ours / r_pil}
+
+
+def bench_detector(num: int = 1000) -> dict:
+    from arm.data.shapeworld.detector import detect
+    from arm.data.shapeworld.render import render
+    from arm.data.shapeworld.scene import scene_for
+
+    images = [render(scene_for(7, "test", i)) for i in range(num)]
+    return {"img_per_s": _rate(lambda: [detect(im) for im in images], num, repeats=2)}
+
+
+def run_bench(out: str = "results/bench.json") -> dict:
+    import torch
+
+    report = {
+        "machine": {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
+                    "torch_threads": torch.get_num_threads(),
+                    "glibc_tunables": os.environ.get("GLIBC_TUNABLES", "")},
+        "world": bench_world(),
+        "png": bench_png(),
+        "detector": bench_detector(),
+    }
+    Path(out).parent.mkdir(parents=True, exist_ok=True)
+    Path(out).write_text(json.dumps(report, indent=2) + "\n")
+    print(json.dumps(report, indent=2))
+    return report
