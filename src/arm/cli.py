@@ -72,6 +72,8 @@ def build_parser() -> argparse.ArgumentParser:
                           formatter_class=_Formatter)
     chk.add_argument("--num", type=int, default=2000, help="fresh test scenes")
     chk.add_argument("--seed", type=int, default=12345, help="seed of the fresh scenes (not the world's)")
+    chk.add_argument("--bench", default=None,
+                     help="also score a world's bench/ files: ground truth accepted, one-attribute changes rejected")
     chk.add_argument("--out", default=None, help="JSON file for the report")
 
     det = sub.add_parser("detect", help="detect the objects in images and print JSON", formatter_class=_Formatter)
@@ -152,9 +154,11 @@ def _data(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
         print(sample_grid(args.data, args.out, args.split, args.num))
         return 0
     if args.data_command == "detector-check":
-        from arm.data.shapeworld.detector_check import detector_accuracy
+        from arm.data.shapeworld.detector_check import detector_accuracy, judge_accuracy
 
-        report = detector_accuracy(num_scenes=args.num, seed=args.seed)
+        report = {"detector": detector_accuracy(num_scenes=args.num, seed=args.seed)}
+        if args.bench:
+            report["judge"] = judge_accuracy(args.bench, seed=args.seed)
         text = json.dumps(report, indent=2)
         if args.out:
             Path(args.out).parent.mkdir(parents=True, exist_ok=True)

@@ -16,15 +16,16 @@ import json
 import time
 import zlib
 from collections.abc import Sequence
+from pathlib import Path
 
 import numpy as np
 from tqdm import tqdm
 
 from arm.data.shapeworld.damage import DAMAGES, no_damage
 from arm.data.shapeworld.detector import detect_scene
-from arm.data.shapeworld.judge import scenes_match
-from arm.data.shapeworld.render import render
-from arm.data.shapeworld.scene import scene_for
+from arm.data.shapeworld.judge import perturb_for_record, scenes_match, score_geneval_image
+from arm.data.shapeworld.render import decode_png, render
+from arm.data.shapeworld.scene import Scene, scene_for
 
 TARGETS = {"none": 0.99, "noise": 0.95, "jpeg": 0.95, "blur": 0.95, "jitter": 0.95}
 MAX_LISTED_FAILURES = 20
@@ -70,6 +71,36 @@ def detector_accuracy(
         report["meets_target"][name] = TARGETS.get(name) is None or accuracy >= TARGETS[name]
         report["failures"][name] = failures
     bar.close()
+    return report
+
+
+def judge_accuracy(bench_dir: str | Path, seed: int = 0, progress: bool = True) -> dict:
+    """The GenEval scorer on the benchmark's own records: the fraction of ground-truth images it accepts
+    (target: all of them) and of one-attribute-changed renders (``perturb_for_record``) it rejects (>= 0.99).
+
+    WISE records are scored the same way through their resolved ``requirements``.
+    """
+    bench = Path(bench_dir)
+    report: dict = {"bench": str(bench), "seed": seed}
+    for name, field in (("geneval", None), ("wise", "requirements")):
+        path = bench / f"{name}.jsonl"
+        if not path.is_file():
+            raise FileNotFoundError(f"no {path}; write it with `arm data shapeworld --out {bench.parent}`")
+        records = [json.loads(line) for line in path.read_text().splitlines()]
+        accepted, rejected, failures = 0, 0, []
+        for i, record in enumerate(tqdm(records, desc=f"judge {name}", disable=not progress, unit="record")):
+            requirements = record[field] if field else record
+            truth = Scene.from_json(record["scene"])
+            if score_geneval_image(decode_png((bench / record["image"]).read_bytes()), requirements)["correct"]:
+                accepted += 1
+            elif len(failures) < MAX_LISTED_FAILURES:
+                failures.append(i)
+            wrong = perturb_for_record(truth, requirements, np.random.default_rng([seed, i]))
+            rejected += not score_geneval_image(render(wrong), requirements)["correct"]
+        n = max(len(records), 1)
+        report[name] = {"records": len(records), "ground_truth_accepted": accepted / n,
+                        "perturbed_rejected": rejected / n, "failures": failures,
+                        "meets_target": accepted == len(records) and rejected / n >= 0.99}
     return report
 
 

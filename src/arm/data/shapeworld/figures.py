@@ -73,7 +73,7 @@ def sample_grid(data_dir: str | Path, out: str | Path, split: str = "train", num
             ax.set_title("\n".join(textwrap.wrap(title, 38)), fontsize=7)
             ax.axis("off")
     fig.suptitle(f"ShapeWorld {split}: scene + caption | edit + instruction | mask", fontsize=9)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0, 1, 0.985))  # leave room for the title
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     buf = io.BytesIO()

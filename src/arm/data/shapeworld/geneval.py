@@ -32,6 +32,7 @@ from arm.data.shapeworld.world import (
     CLASSES,
     COLORS,
     DEFAULT_BACKGROUND,
+    GENEVAL_TAGS,
     HELDOUT_COLOR_SHAPE,
     NUMBER_WORDS,
     RELATIONS,
@@ -77,7 +78,6 @@ def robust_relations_cached(bbox_a: tuple[int, ...], bbox_b: tuple[int, ...]) ->
 
 # ---------------------------------------------------------------------------------------------- GenEval
 
-GENEVAL_TAGS = ("single_object", "two_object", "counting", "colors", "position", "color_attr")
 GENEVAL_TAG_COUNTS = {"single_object": 80, "two_object": 99, "counting": 80, "colors": 94, "position": 100,
                       "color_attr": 100}
 """GenEval's 553-prompt mix (its released ``evaluation_metadata.jsonl`` after de-duplication)."""

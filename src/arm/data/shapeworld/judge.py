@@ -37,13 +37,12 @@ from scipy.optimize import linear_sum_assignment
 
 from arm.data.shapeworld.detector import as_rgb_array, detect
 from arm.data.shapeworld.scene import Scene, ShapeObject, boxes_clear, relative_position
-from arm.data.shapeworld.world import CLASSES, COLORS, RELATIONS, size_px
+from arm.data.shapeworld.world import CLASSES, COLORS, GENEVAL_TAGS, RELATIONS, size_px
 
 KEEP_THRESHOLD = 0.5
 """Detections with a template IoU below this are ignored by the GenEval rules (see the module docstring)."""
 
 MAX_OBJECTS_PER_CLASS = 16
-GENEVAL_TAGS = ("single_object", "two_object", "counting", "colors", "position", "color_attr")
 
 
 class UnsupportedRecord(ValueError):

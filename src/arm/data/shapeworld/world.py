@@ -46,6 +46,9 @@ SIZES: dict[str, float] = {"small": 0.22, "large": 0.34}
 RELATIONS: tuple[str, ...] = ("left of", "right of", "above", "below")
 """GenEval's four relative positions."""
 
+GENEVAL_TAGS: tuple[str, ...] = ("single_object", "two_object", "counting", "colors", "position", "color_attr")
+"""GenEval's six prompt tags; its overall score is the unweighted mean of the per-tag accuracies."""
+
 INVERSE_RELATION = {"left of": "right of", "right of": "left of", "above": "below", "below": "above"}
 
 NUMBER_WORDS = {1: "one", 2: "two", 3: "three", 4: "four", 5: "five"}
