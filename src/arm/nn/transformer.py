@@ -1,0 +1,89 @@
+"""Pre-norm transformer blocks and stacks shared by every stage (teacher towers, tokenizer projection, AR model).
+
+A block is ``x + attn(norm(x))`` then ``x + mlp(norm(x))`` with RMSNorm and a SwiGLU MLP: the Qwen2/Llama block
+(paper §2 initialises the AR model from Qwen2.5). ``Transformer`` stacks blocks on top of input embeddings the
+caller provides (token embedding, patch embedding...) and ends with a final norm; it owns the rotary tables so
+every block rotates with the same positions.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from arm.nn.attention import Attention
+from arm.nn.mlp import SwiGLU
+from arm.nn.norm import RMSNorm
+from arm.nn.rope import RotaryEmbedding
+
+
+@dataclass
+class TransformerConfig:
+    """Size and behaviour of a transformer stack.
+
+    Attributes:
+        dim: model (residual stream) width.
+        num_layers: number of blocks.
+        num_heads: query heads; ``dim`` must be divisible by it.
+        num_kv_heads: key/value heads (grouped-query attention); must divide ``num_heads``. ``None`` = num_heads.
+        mlp_hidden: SwiGLU hidden width. ``None`` = the Llama rule, 8/3 * dim rounded up to a multiple of 8.
+        qkv_bias: bias on the q/k/v projections (Qwen2: yes, Llama: no).
+        rope: rotate q/k with rotary position embedding; off for towers with learned absolute positions.
+        rope_theta: rotary base (Qwen2: 1e6, Llama 2: 1e4).
+        norm_eps: RMSNorm epsilon.
+        causal: each position attends only to itself and earlier ones (decoders); False = bidirectional.
+        max_positions: initial size of the rotary cache (it grows on demand).
+    """
+
+    dim: int = 256
+    num_layers: int = 4
+    num_heads: int = 4
+    num_kv_heads: int | None = None
+    mlp_hidden: int | None = None
+    qkv_bias: bool = False
+    rope: bool = True
+    rope_theta: float = 10000.0
+    norm_eps: float = 1e-6
+    causal: bool = True
+    max_positions: int = 2048
+
+    @property
+    def hidden(self) -> int:
+        if self.mlp_hidden is not None:
+            return self.mlp_hidden
+        return -(-(8 * self.dim // 3) // 8) * 8
+
+
+class TransformerBlock(nn.Module):
+    def __init__(self, config: TransformerConfig) -> None:
+        super().__init__()
+        self.attn_norm = RMSNorm(config.dim, config.norm_eps)
+        self.attn = Attention(config.dim, config.num_heads, config.num_kv_heads, config.qkv_bias, config.causal)
+        self.mlp_norm = RMSNorm(config.dim, config.norm_eps)
+        self.mlp = SwiGLU(config.dim, config.hidden)
+
+    def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor] | None = None,
+                mask: torch.Tensor | None = None) -> torch.Tensor:  # (B, T, D)
+        x = x + self.attn(self.attn_norm(x), rope, mask)
+        return x + self.mlp(self.mlp_norm(x))
+
+
+class Transformer(nn.Module):
+    """``num_layers`` blocks and a final RMSNorm over input embeddings (B, T, D)."""
+
+    def __init__(self, config: TransformerConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.blocks = nn.ModuleList(TransformerBlock(config) for _ in range(config.num_layers))
+        self.norm = RMSNorm(config.dim, config.norm_eps)
+        self.rotary = (RotaryEmbedding(config.dim // config.num_heads, config.rope_theta, config.max_positions)
+                       if config.rope else None)
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None, offset: int = 0) -> torch.Tensor:
+        """``x`` (B, T, D) embeddings; ``mask`` (B, T) True for real tokens; ``offset`` the first position."""
+        rope = self.rotary(x.shape[1], offset, x.dtype) if self.rotary is not None else None
+        for block in self.blocks:
+            x = block(x, rope, mask)
+        return self.norm(x)  # (B, T, D)

@@ -1,0 +1,201 @@
+"""The language-aligned teacher: a small image/text dual encoder trained here on ShapeWorld (paper §1).
+
+ARM distils a frozen language-aligned vision encoder (SigLIP2-SO400M at 512 px) into its tokenizer and uses its
+text tower for L_sig. SigLIP2 cannot be fetched here, so the embedded default is this dual encoder, trained with
+SigLIP's sigmoid loss (``arm.teacher.losses``) on ShapeWorld captions; ``arm.teacher.clip_teacher`` offers the same
+interface over local OpenAI CLIP weights.
+
+Deliberate simplifications against SigLIP(2):
+- Image tower: patch-embedding conv, learned absolute positions, bidirectional RMSNorm/SwiGLU blocks from
+  ``arm.nn`` (no LayerNorm/GELU ViT, no MAP attention-pooling head): pooling is the mean over patches.
+- Text tower: causal blocks with RoPE; the embedding is read at the last real token (the caller appends EOS).
+- The learnable temperature and bias of the loss live in the model so that they are saved with it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from arm.nn import Transformer, TransformerConfig
+
+
+@dataclass
+class TeacherConfig:
+    """Sizes of the dual encoder.
+
+    Attributes:
+        image_size: expected square image side in pixels.
+        patch_size: patch side; ``image_size`` must be a multiple of it.
+        image_dim, image_layers, image_heads: width, depth and heads of the image tower.
+        text_dim, text_layers, text_heads: width, depth and heads of the text tower.
+        embed_dim: size of the shared (L2-normalised) embedding space.
+        vocab_size: text token ids; ``None`` means "take it from the text tokenizer" (resolved by the module).
+        max_text_len: text tokens kept (EOS included); longer captions are truncated.
+        norm_eps: RMSNorm epsilon of both towers.
+    """
+
+    image_size: int = 64
+    patch_size: int = 8
+    image_dim: int = 128
+    image_layers: int = 4
+    image_heads: int = 4
+    text_dim: int = 128
+    text_layers: int = 4
+    text_heads: int = 4
+    embed_dim: int = 128
+    vocab_size: int | None = None
+    max_text_len: int = 64
+    norm_eps: float = 1e-6
+
+    @property
+    def num_patches(self) -> int:
+        return (self.image_size // self.patch_size) ** 2
+
+
+class DualEncoder(nn.Module):
+    """Image and text towers mapping into one normalised embedding space.
+
+    Images are float (B, 3, H, W) in [0, 1]; they are normalised to [-1, 1] inside. Text is token ids (B, T)
+    with a mask (B, T), True for real tokens, right-padded.
+    """
+
+    def __init__(self, config: TeacherConfig) -> None:
+        super().__init__()
+        if config.vocab_size is None:
+            raise ValueError("TeacherConfig.vocab_size is None; set it (the TeacherModule takes it from the tokenizer)")
+        if config.image_size % config.patch_size:
+            raise ValueError(f"image_size {config.image_size} is not a multiple of patch_size {config.patch_size}")
+        self.config = config
+        c = config
+        self.patch_embed = nn.Conv2d(3, c.image_dim, kernel_size=c.patch_size, stride=c.patch_size)
+        self.image_pos = nn.Parameter(torch.randn(1, c.num_patches, c.image_dim) * 0.02)
+        self.image_tower = Transformer(TransformerConfig(
+            dim=c.image_dim, num_layers=c.image_layers, num_heads=c.image_heads, rope=False, causal=False,
+            norm_eps=c.norm_eps))
+        self.image_proj = nn.Linear(c.image_dim, c.embed_dim, bias=False)
+        self.token_embed = nn.Embedding(c.vocab_size, c.text_dim)
+        nn.init.normal_(self.token_embed.weight, std=0.02)
+        self.text_tower = Transformer(TransformerConfig(
+            dim=c.text_dim, num_layers=c.text_layers, num_heads=c.text_heads, rope=True, causal=True,
+            norm_eps=c.norm_eps, max_positions=c.max_text_len))
+        self.text_proj = nn.Linear(c.text_dim, c.embed_dim, bias=False)
+        # SigLIP's initialisation: t = exp(logit_scale) = 10, b = -10, so that the many negatives start near zero loss.
+        self.logit_scale = nn.Parameter(torch.tensor(math.log(10.0)))
+        self.logit_bias = nn.Parameter(torch.tensor(-10.0))
+        self.tokenizer = None  # a TextTokenizer, set by load_teacher, for embed_texts
+
+    def embed_texts(self, texts: list[str]) -> torch.Tensor:
+        """Text embeddings (B, E) of strings, through the tokenizer saved with the teacher."""
+        if self.tokenizer is None:
+            raise ValueError("this teacher has no text tokenizer; load it with load_teacher from an exported folder")
+        ids, mask = tokenize_texts(self.tokenizer, list(texts), self.config.max_text_len, self.logit_scale.device)
+        return self.text_embedding(ids, mask)
+
+    def _check_images(self, images: torch.Tensor) -> None:
+        size = self.config.image_size
+        if images.ndim != 4 or images.shape[1] != 3 or images.shape[2] != size or images.shape[3] != size:
+            raise ValueError(f"teacher expects images of shape (B, 3, {size}, {size}), got {tuple(images.shape)}")
+
+    def patch_features(self, images: torch.Tensor) -> torch.Tensor:
+        """Per-patch features (B, N, D_image) of images (B, 3, H, W) in [0, 1], in row-major patch order."""
+        self._check_images(images)
+        x = self.patch_embed(images * 2.0 - 1.0)  # (B, D, H/p, W/p)
+        x = x.flatten(2).transpose(1, 2) + self.image_pos  # (B, N, D)
+        return self.image_tower(x)  # (B, N, D)
+
+    def image_embedding(self, images: torch.Tensor) -> torch.Tensor:
+        """Pooled, L2-normalised image embedding (B, E)."""
+        return F.normalize(self.image_proj(self.patch_features(images).mean(dim=1)), dim=-1)
+
+    def text_embedding(self, token_ids: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        """L2-normalised text embedding (B, E) read at the last real token of right-padded ids (B, T)."""
+        if mask is None:
+            mask = torch.ones_like(token_ids, dtype=torch.bool)
+        x = self.text_tower(self.token_embed(token_ids), mask=mask)  # (B, T, D)
+        last = mask.long().sum(dim=1).clamp(min=1) - 1  # (B,) index of the last real token
+        pooled = x[torch.arange(x.shape[0], device=x.device), last]  # (B, D)
+        return F.normalize(self.text_proj(pooled), dim=-1)
+
+    def forward(self, images: torch.Tensor, token_ids: torch.Tensor, mask: torch.Tensor | None = None
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.image_embedding(images), self.text_embedding(token_ids, mask)
+
+
+def tokenize_texts(tokenizer, texts: list[str], max_len: int, device: torch.device | str = "cpu"
+                   ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Right-padded ids (B, T) and mask (B, T) of texts, each followed by EOS and cut to ``max_len`` tokens.
+
+    Truncation keeps EOS as the last token so the pooled position always has the same meaning.
+    """
+    rows = [ids[: max_len - 1] + [tokenizer.eos_id] for ids in tokenizer.encode_batch(texts)]
+    length = max(len(r) for r in rows)
+    ids = torch.full((len(rows), length), tokenizer.pad_id, dtype=torch.long)
+    mask = torch.zeros((len(rows), length), dtype=torch.bool)
+    for i, row in enumerate(rows):
+        ids[i, : len(row)] = torch.tensor(row)
+        mask[i, : len(row)] = True
+    return ids.to(device), mask.to(device)
+
+
+# ------------------------------------------------------------------------------------------ save / load
+
+WEIGHTS_FILE = "model.safetensors"
+CONFIG_FILE = "config.json"
+TOKENIZER_FILE = "tokenizer.json"
+TRAIN_COMMAND = "arm teacher fit --config experiments/teacher/shapeworld.yaml"
+
+
+def _atomic_write(path: str, write) -> None:
+    """Write through a temp file in the same directory and ``os.replace``, so a reader never sees half a file."""
+    fd, tmp = tempfile.mkstemp(prefix=".teacher-", suffix=".tmp", dir=os.path.dirname(os.path.abspath(path)))
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def save_teacher(model: DualEncoder, config: TeacherConfig, directory: str, tokenizer_path: str | None = None) -> str:
+    """Write ``model.safetensors`` and ``config.json`` (and a copy of the text tokenizer) into ``directory``."""
+    os.makedirs(directory, exist_ok=True)
+    state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    _atomic_write(os.path.join(directory, WEIGHTS_FILE), lambda p: save_file(state, p))
+    text = json.dumps(dataclasses.asdict(config), indent=2) + "\n"
+    _atomic_write(os.path.join(directory, CONFIG_FILE), lambda p: Path(p).write_text(text))
+    if tokenizer_path is not None:
+        _atomic_write(os.path.join(directory, TOKENIZER_FILE), lambda p: shutil.copyfile(tokenizer_path, p))
+    return directory
+
+
+def load_teacher(directory: str) -> DualEncoder:
+    """A ``DualEncoder`` (eval mode) from a folder written by ``save_teacher``; ``.config`` holds its config and,
+    when the folder has ``tokenizer.json``, ``.tokenizer`` the text tokenizer (else ``None``)."""
+    weights, cfg = os.path.join(directory, WEIGHTS_FILE), os.path.join(directory, CONFIG_FILE)
+    for path in (weights, cfg):
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"no teacher file {path!r}; train and export one with `{TRAIN_COMMAND}`")
+    with open(cfg) as f:
+        config = TeacherConfig(**json.load(f))
+    model = DualEncoder(config)
+    model.load_state_dict(load_file(weights))
+    tok = os.path.join(directory, TOKENIZER_FILE)
+    if os.path.isfile(tok):
+        from arm.data.text_tokenizer import TextTokenizer
+
+        model.tokenizer = TextTokenizer.from_file(tok)
+    return model.eval()

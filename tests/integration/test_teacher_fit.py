@@ -1,0 +1,55 @@
+"""``arm teacher fit`` on a tiny world: runs end to end through LightningCLI and exports a loadable teacher."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from arm.data.shapeworld.writer import write_world
+from arm.data.text_tokenizer import build_text_tokenizer
+from arm.teacher.cli import main
+from arm.teacher.model import load_teacher
+
+
+@pytest.fixture(scope="module")
+def tiny_world(tmp_path_factory):
+    root = tmp_path_factory.mktemp("teacher_world")
+    write_world(str(root / "world"), num_train=64, num_val=32, num_test=0, seed=0, shard_size=32, workers=1,
+                bench=False, progress=False)
+    build_text_tokenizer(str(root / "world"), str(root / "tokenizer.json"), vocab_size=300)
+    return root
+
+
+def _args(root, *extra: str) -> list[str]:
+    return ["fit", "--config", "experiments/teacher/tiny.yaml", "--data.data_dir", str(root / "world"),
+            "--model.tokenizer_path", str(root / "tokenizer.json"), "--trainer.default_root_dir",
+            str(root / "run"), *extra]
+
+
+def test_fast_dev_run(tiny_world):
+    main(_args(tiny_world, "--trainer.fast_dev_run", "1"))
+
+
+def test_fit_validates_zero_shot_and_exports(tiny_world, monkeypatch):
+    from lightning.pytorch.cli import LightningCLI
+
+    seen = {}
+    original = LightningCLI.__init__
+
+    def keep_cli(self, *a, **k):  # main() returns an exit code; keep the CLI to read the trainer's metrics
+        original(self, *a, **k)
+        seen["cli"] = self
+
+    monkeypatch.setattr(LightningCLI, "__init__", keep_cli)
+    main(_args(tiny_world))
+    metrics = seen["cli"].trainer.callback_metrics
+    for key in ("train/loss", "val/loss", "val/zero_shot_color_acc", "val/zero_shot_shape_acc"):
+        assert key in metrics, key
+    assert 0.0 <= float(metrics["val/zero_shot_color_acc"]) <= 1.0
+    teacher = load_teacher(str(tiny_world / "run" / "teacher"))
+    with torch.no_grad():
+        assert teacher.image_embedding(torch.rand(2, 3, 64, 64)).shape == (2, 32)
+        assert teacher.embed_texts(["a red circle"]).shape == (1, 32)
+        trained = seen["cli"].model.model
+        images = torch.rand(2, 3, 64, 64)
+        torch.testing.assert_close(teacher.image_embedding(images), trained.eval().image_embedding(images))

@@ -1,0 +1,151 @@
+"""Teacher: shapes, the sigmoid loss by hand, save/load round trip, the CLIP wrapper."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from arm.teacher.clip_teacher import ClipTeacher
+from arm.teacher.losses import sigmoid_contrastive_loss
+from arm.teacher.model import DualEncoder, TeacherConfig, load_teacher, save_teacher, tokenize_texts
+
+TINY = TeacherConfig(image_size=32, patch_size=8, image_dim=32, image_layers=2, image_heads=2, text_dim=32,
+                     text_layers=2, text_heads=2, embed_dim=16, vocab_size=50, max_text_len=12)
+
+
+def _batch(b: int = 3) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(0)
+    images = torch.rand(b, 3, 32, 32, generator=g)
+    ids = torch.randint(2, 50, (b, 7), generator=g)
+    mask = torch.ones(b, 7, dtype=torch.bool)
+    mask[0, 4:] = False
+    return images, ids, mask
+
+
+def test_dual_encoder_shapes_and_normalisation():
+    torch.manual_seed(0)
+    model = DualEncoder(TINY)
+    images, ids, mask = _batch()
+    assert model.patch_features(images).shape == (3, 16, 32)
+    img, txt = model(images, ids, mask)
+    assert img.shape == txt.shape == (3, 16)
+    torch.testing.assert_close(img.norm(dim=-1), torch.ones(3))
+    torch.testing.assert_close(txt.norm(dim=-1), torch.ones(3))
+
+
+def test_text_embedding_ignores_padding():
+    torch.manual_seed(0)
+    model = DualEncoder(TINY).eval()
+    _, ids, mask = _batch()
+    other = ids.clone()
+    other[0, 4:] = 3  # change only padded positions of row 0
+    with torch.no_grad():
+        torch.testing.assert_close(model.text_embedding(ids, mask)[0], model.text_embedding(other, mask)[0])
+        torch.testing.assert_close(model.text_embedding(ids, mask)[0], model.text_embedding(ids[:1, :4])[0])
+
+
+def test_bad_image_size_is_one_line_value_error():
+    model = DualEncoder(TINY)
+    with pytest.raises(ValueError, match=r"expects images of shape \(B, 3, 32, 32\), got \(1, 3, 64, 64\)"):
+        model.image_embedding(torch.rand(1, 3, 64, 64))
+
+
+def test_sigmoid_loss_by_hand_2x2():
+    img = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+    s = 1 / math.sqrt(2)
+    txt = torch.tensor([[s, s], [0.0, 1.0]])
+    t, b = 10.0, -10.0
+    # <x_i, y_j>: [[s, 0], [s, 1]]; logits = t * dot + b
+    logits = [[t * s + b, b], [t * s + b, t + b]]
+    labels = [[1, -1], [-1, 1]]
+
+    def log_sigmoid(z: float) -> float:
+        return -math.log1p(math.exp(-z))
+
+    expected = -sum(log_sigmoid(labels[i][j] * logits[i][j]) for i in range(2) for j in range(2)) / 2
+    got = sigmoid_contrastive_loss(img, txt, torch.tensor(math.log(t)), torch.tensor(b))
+    assert got.item() == pytest.approx(expected, rel=1e-6)
+
+
+def test_loss_init_matches_siglip():
+    model = DualEncoder(TINY)
+    assert model.logit_scale.exp().item() == pytest.approx(10.0)
+    assert model.logit_bias.item() == pytest.approx(-10.0)
+
+
+def test_tokenize_texts_pads_and_appends_eos(tmp_path):
+    class Tok:
+        pad_id, eos_id = 0, 1
+
+        def encode_batch(self, texts):
+            return [[5] * len(t) for t in texts]
+
+    ids, mask = tokenize_texts(Tok(), ["ab", "abcdef"], max_len=4)
+    assert ids.tolist() == [[5, 5, 1, 0], [5, 5, 5, 1]]
+    assert mask.tolist() == [[True, True, True, False], [True, True, True, True]]
+
+
+def test_save_load_round_trip(tmp_path):
+    torch.manual_seed(0)
+    model = DualEncoder(TINY).eval()
+    save_teacher(model, TINY, str(tmp_path / "t"))
+    loaded = load_teacher(str(tmp_path / "t"))
+    assert loaded.config == TINY
+    images, ids, mask = _batch()
+    with torch.no_grad():
+        for a, b in zip(model(images, ids, mask), loaded(images, ids, mask)):
+            torch.testing.assert_close(a, b, rtol=0, atol=0)
+    assert sorted(p.name for p in (tmp_path / "t").iterdir()) == ["config.json", "model.safetensors"]
+
+
+def test_load_missing_teacher_says_what_to_run(tmp_path):
+    with pytest.raises(FileNotFoundError, match="arm teacher fit"):
+        load_teacher(str(tmp_path / "nothing"))
+
+
+# ------------------------------------------------------------------------------------------------ CLIP
+
+
+def _tiny_clip():
+    from clip.model import CLIP
+
+    torch.manual_seed(0)
+    return CLIP(embed_dim=32, image_resolution=32, vision_layers=1, vision_width=64, vision_patch_size=16,
+                context_length=77, vocab_size=49408, transformer_width=32, transformer_heads=2,
+                transformer_layers=1).float().eval()
+
+
+def test_clip_teacher_from_state_dict_matches_original(tmp_path):
+    import clip
+
+    model = _tiny_clip()
+    path = tmp_path / "clip.pt"
+    torch.save(model.state_dict(), path)
+    teacher = ClipTeacher.from_file(str(path), text_heads=2)
+    images = torch.rand(2, 3, 32, 32)
+    texts = ["a red circle", "two blue squares"]
+    with torch.no_grad():
+        assert teacher.patch_features(images).shape == (2, 4, 64)
+        img, txt = teacher.image_embedding(images), teacher.text_embedding(texts)
+        assert img.shape == txt.shape == (2, 32)
+        mean = torch.tensor([0.48145466, 0.4578275, 0.40821073]).view(1, 3, 1, 1)
+        std = torch.tensor([0.26862954, 0.26130258, 0.27577711]).view(1, 3, 1, 1)
+        ref_img = model.encode_image((images - mean) / std)
+        ref_txt = model.encode_text(clip.tokenize(texts))
+        torch.testing.assert_close(img, ref_img / ref_img.norm(dim=-1, keepdim=True), atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(txt, ref_txt / ref_txt.norm(dim=-1, keepdim=True), atol=1e-5, rtol=1e-5)
+        assert teacher.image_embedding(torch.rand(1, 3, 48, 48)).shape == (1, 32)  # resized inside
+
+
+def test_clip_default_heads_fail_clearly_for_narrow_width(tmp_path):
+    path = tmp_path / "clip.pt"
+    torch.save(_tiny_clip().state_dict(), path)
+    with pytest.raises(ValueError, match="pass text_heads"):
+        ClipTeacher.from_file(str(path))
+
+
+def test_clip_missing_file_is_file_not_found(tmp_path):
+    with pytest.raises(FileNotFoundError, match="no CLIP weights"):
+        ClipTeacher.from_file(str(tmp_path / "missing.pt"))
