@@ -18,6 +18,7 @@ STAGES: dict[str, tuple[str, str]] = {
     "teacher": ("arm.teacher.cli", "train the language-aligned teacher (LightningCLI: fit|validate|test)"),
     "tokenizer": ("arm.tokenizer.cli", "train / evaluate the discrete image tokenizer (LightningCLI)"),
     "ar": ("arm.ar.cli", "train the unified autoregressive model (LightningCLI)"),
+    "lm": ("arm.ar.lm_cli", "train the small caption LM (LightningCLI)"),
     "rl": ("arm.rl.cli", "GRPO on image tokens (LightningCLI)"),
 }
 """Stage name -> (module whose ``main(args)`` runs it, help). Only stages whose module exists are offered."""

@@ -1,0 +1,1 @@
+"""The unified autoregressive stage (ARM §2): decoder, Hugging Face import, caption LM."""

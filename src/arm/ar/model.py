@@ -1,0 +1,260 @@
+"""The unified autoregressive decoder: a Qwen2-architecture LM whose vocabulary holds text, specials and image codes.
+
+ARM §2: a decoder-only LLM (initialised from Qwen2.5) with its vocabulary extended by the tokenizer's image codes
+and a *separate* linear head that predicts image tokens. The body is the Qwen2 decoder (Qwen2 technical report,
+Yang et al. 2024): pre-norm RMSNorm blocks, grouped-query attention with bias on q/k/v, SwiGLU MLP, rotary
+positions in the rotate-half layout, a final RMSNorm. It is built from the shared blocks of ``arm.nn``.
+
+Id layout of the single embedding table (``vocab_size`` rows)::
+
+    [0, text_vocab_size)                      text ids (the LLM's own vocabulary, padded rows included)
+    [text_vocab_size, image_token_offset)     special ids (<boi>, <eoi>, image-shape tokens ... defined by callers)
+    [image_token_offset, vocab_size)          image code c  <->  id image_token_offset + c
+
+Heads: ``text_logits`` scores text + special ids (tied to the first rows of the embedding table, or its own
+matrix); ``image_logits`` scores the ``num_image_codes`` image codes with its own bias-free linear.
+
+Deliberate simplifications:
+- No KV cache and no sampling here (``arm.ar.sampling`` owns decoding); ``offset`` only shifts rotary positions.
+- No dropout (Qwen2.5 uses none) and no sliding-window attention (Qwen2.5 configs leave it off).
+- The tied text head is the slice ``embed.weight[:num_text_and_special]``, not a parameter of its own, so
+  checkpoints hold the shared matrix once; image rows of the table are never tied to the image head.
+- Initialisation is normal(0, 0.02) for every matrix (Qwen2's ``initializer_range``), zero biases, unit norms.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from arm.nn import Transformer, TransformerConfig
+
+ROPE_CACHE_CAP = 4096
+"""Rotary tables are built for at most this many positions up front; ``RotaryEmbedding`` grows them on demand,
+so a 128k-context preset does not allocate 128k-row tables at construction."""
+
+
+@dataclass
+class ARConfig:
+    """Size and vocabulary layout of an ``ARDecoder``.
+
+    Attributes:
+        text_vocab_size: rows of the text vocabulary (the LLM's ``vocab_size``, or the text tokenizer's size).
+            ``None`` is only allowed until a caller fills it in (e.g. from a tokenizer).
+        num_image_codes: image codes predicted by the image head (FSQ codebook size); 0 = a text-only LM.
+        num_special_tokens: extra ids after the text vocabulary (begin/end of image, shape tokens ...).
+        dim: residual stream width.
+        num_layers: transformer blocks.
+        num_heads: query heads.
+        num_kv_heads: key/value heads (grouped-query attention); must divide ``num_heads``.
+        mlp_hidden: SwiGLU hidden width.
+        qkv_bias: bias on q/k/v projections (Qwen2: True, Llama: False).
+        rope_theta: rotary base (Qwen2.5: 1e6).
+        norm_eps: RMSNorm epsilon.
+        tie_embeddings: the text head reuses the embedding rows of text + special ids.
+        max_seq_len: longest sequence the model is meant for (from ``max_position_embeddings``).
+    """
+
+    text_vocab_size: int | None = None
+    num_image_codes: int = 0
+    num_special_tokens: int = 0
+    dim: int = 256
+    num_layers: int = 6
+    num_heads: int = 4
+    num_kv_heads: int = 4
+    mlp_hidden: int = 704
+    qkv_bias: bool = True
+    rope_theta: float = 10000.0
+    norm_eps: float = 1e-6
+    tie_embeddings: bool = True
+    max_seq_len: int = 1024
+
+    @property
+    def num_text_and_special(self) -> int:
+        """Ids the text head scores: text plus specials."""
+        return int(self.text_vocab_size or 0) + self.num_special_tokens
+
+    @property
+    def image_token_offset(self) -> int:
+        """Id of image code 0."""
+        return self.num_text_and_special
+
+    @property
+    def vocab_size(self) -> int:
+        """Rows of the embedding table."""
+        return self.num_text_and_special + self.num_image_codes
+
+    @property
+    def head_dim(self) -> int:
+        return self.dim // self.num_heads
+
+    def special_id(self, index: int) -> int:
+        """Id of special token ``index`` (0-based)."""
+        if not 0 <= index < self.num_special_tokens:
+            raise IndexError(f"special token {index} out of range: the config has {self.num_special_tokens}")
+        return int(self.text_vocab_size or 0) + index
+
+    def transformer_config(self) -> TransformerConfig:
+        return TransformerConfig(dim=self.dim, num_layers=self.num_layers, num_heads=self.num_heads,
+                                 num_kv_heads=self.num_kv_heads, mlp_hidden=self.mlp_hidden, qkv_bias=self.qkv_bias,
+                                 rope=True, rope_theta=self.rope_theta, norm_eps=self.norm_eps, causal=True,
+                                 max_positions=min(self.max_seq_len, ROPE_CACHE_CAP))
+
+    @classmethod
+    def preset(cls, name: str, **overrides) -> ARConfig:
+        """A named size (``PRESETS``) with fields replaced by ``overrides``."""
+        if name not in PRESETS:
+            raise ValueError(f"unknown ARConfig preset {name!r}; choose from {sorted(PRESETS)}")
+        return dataclasses.replace(PRESETS[name], **overrides)
+
+
+PRESETS: dict[str, ARConfig] = {
+    # Unit tests: everything tiny, but GQA (2 kv heads for 4 query heads) and both heads exercised.
+    "tiny": ARConfig(text_vocab_size=64, num_image_codes=32, num_special_tokens=4, dim=32, num_layers=2, num_heads=4,
+                     num_kv_heads=2, mlp_hidden=64, max_seq_len=128),
+    # Embedded default placeholder (ShapeWorld, CPU): the vocab sizes are filled in by the stage that builds it.
+    "shapeworld": ARConfig(text_vocab_size=None, dim=256, num_layers=6, num_heads=4, num_kv_heads=4, mlp_hidden=704,
+                           max_seq_len=1024),
+    # Qwen2.5 shapes, from the config.json of Qwen/Qwen2.5-{0.5B,1.5B,7B} on the Hugging Face hub
+    # (hidden_size, num_hidden_layers, num_attention_heads, num_key_value_heads, intermediate_size, vocab_size,
+    # tie_word_embeddings, rope_theta, rms_norm_eps, max_position_embeddings), written here from memory.
+    "qwen2.5-0.5b": ARConfig(text_vocab_size=151936, dim=896, num_layers=24, num_heads=14, num_kv_heads=2,
+                             mlp_hidden=4864, qkv_bias=True, rope_theta=1e6, norm_eps=1e-6, tie_embeddings=True,
+                             max_seq_len=32768),
+    "qwen2.5-1.5b": ARConfig(text_vocab_size=151936, dim=1536, num_layers=28, num_heads=12, num_kv_heads=2,
+                             mlp_hidden=8960, qkv_bias=True, rope_theta=1e6, norm_eps=1e-6, tie_embeddings=True,
+                             max_seq_len=131072),
+    "qwen2.5-7b": ARConfig(text_vocab_size=152064, dim=3584, num_layers=28, num_heads=28, num_kv_heads=4,
+                           mlp_hidden=18944, qkv_bias=True, rope_theta=1e6, norm_eps=1e-6, tie_embeddings=False,
+                           max_seq_len=131072),
+}
+"""Named sizes; ``ARConfig.preset(name, num_image_codes=..., ...)`` returns a copy."""
+
+
+class ARDecoder(nn.Module):
+    """Qwen2 decoder over [text | special | image] ids with a text head and a separate image head (ARM §2)."""
+
+    def __init__(self, config: ARConfig) -> None:
+        super().__init__()
+        if not config.text_vocab_size:
+            raise ValueError("ARConfig.text_vocab_size must be set (e.g. from the text tokenizer's vocab_size)")
+        self.config = config
+        self.embed = nn.Embedding(config.vocab_size, config.dim)
+        self.body = Transformer(config.transformer_config())
+        # Tied: the head is a view of the embedding's first rows (see text_head_weight), no parameter of its own.
+        self.text_head = (None if config.tie_embeddings
+                          else nn.Linear(config.dim, config.num_text_and_special, bias=False))
+        self.image_head = (nn.Linear(config.dim, config.num_image_codes, bias=False)
+                           if config.num_image_codes > 0 else None)
+        self.reset_parameters()
+
+    def reset_parameters(self, std: float = 0.02) -> None:
+        for module in self.modules():
+            if isinstance(module, (nn.Linear, nn.Embedding)):
+                nn.init.normal_(module.weight, 0.0, std)
+                if getattr(module, "bias", None) is not None:
+                    nn.init.zeros_(module.bias)
+            elif hasattr(module, "weight") and module.weight is not None and module.weight.ndim == 1:
+                nn.init.ones_(module.weight)  # RMSNorm gains
+
+    # ------------------------------------------------------------------------------------------ ids
+
+    @property
+    def image_token_offset(self) -> int:
+        return self.config.image_token_offset
+
+    def image_ids(self, codes: torch.Tensor) -> torch.Tensor:
+        """Image codes (any shape, in [0, num_image_codes)) -> ids of the shared table."""
+        return codes + self.config.image_token_offset
+
+    def image_codes(self, ids: torch.Tensor) -> torch.Tensor:
+        """Ids of image tokens -> image codes."""
+        return ids - self.config.image_token_offset
+
+    def is_image_id(self, ids: torch.Tensor) -> torch.Tensor:
+        return ids >= self.config.image_token_offset
+
+    # -------------------------------------------------------------------------------------- forward
+
+    def forward(self, input_ids: torch.Tensor | None = None, inputs_embeds: torch.Tensor | None = None,
+                mask: torch.Tensor | None = None, offset: int = 0) -> torch.Tensor:
+        """Final-norm hidden states (B, T, D) of ``input_ids`` (B, T) or ``inputs_embeds`` (B, T, D).
+
+        ``mask`` (B, T) is True for real tokens (right padding); ``offset`` is the position of the first token.
+        """
+        if (input_ids is None) == (inputs_embeds is None):
+            raise ValueError("pass exactly one of input_ids and inputs_embeds")
+        x = self.embed(input_ids) if inputs_embeds is None else inputs_embeds  # (B, T, D)
+        return self.body(x, mask, offset)
+
+    @property
+    def text_head_weight(self) -> torch.Tensor:
+        """(num_text_and_special, D): a view of the embedding table when tied."""
+        if self.text_head is None:
+            return self.embed.weight[: self.config.num_text_and_special]
+        return self.text_head.weight
+
+    def text_logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """(B, T, D) -> (B, T, text_vocab_size + num_special_tokens)."""
+        return F.linear(hidden, self.text_head_weight)
+
+    def image_logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """(B, T, D) -> (B, T, num_image_codes): logits over image codes (not ids)."""
+        if self.image_head is None:
+            raise ValueError("this decoder has no image head (num_image_codes=0)")
+        return self.image_head(hidden)
+
+    def num_parameters(self, exclude_embeddings: bool = False) -> int:
+        return count_parameters(self, exclude_embeddings)
+
+
+def count_parameters(model: ARDecoder, exclude_embeddings: bool = False) -> int:
+    """Unique parameters (shared storage counted once); works on the meta device."""
+    total = sum(p.numel() for p in model.parameters())
+    if exclude_embeddings:
+        total -= model.embed.weight.numel()
+    return total
+
+
+def count_preset_parameters(config: ARConfig) -> int:
+    """Parameter count of ``config`` without allocating memory (built on the meta device)."""
+    with torch.device("meta"):
+        return count_parameters(ARDecoder(config))
+
+
+def lm_loss(lm: ARDecoder, ids: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+    """Mean next-token cross-entropy of a text sequence ``ids`` (B, T); ``mask`` (B, T) True on real tokens."""
+    hidden = lm(input_ids=ids, mask=mask)  # (B, T, D)
+    logits = lm.text_logits(hidden[:, :-1]).float()  # (B, T-1, V)
+    targets = ids[:, 1:]
+    weight = torch.ones_like(targets, dtype=logits.dtype) if mask is None else mask[:, 1:].to(logits.dtype)
+    nll = F.cross_entropy(logits.transpose(1, 2), targets, reduction="none")  # (B, T-1)
+    return (nll * weight).sum() / weight.sum().clamp_min(1.0)
+
+
+def prefix_caption_loss(lm: ARDecoder, prefix_embeds: torch.Tensor, caption_ids: torch.Tensor,
+                        caption_mask: torch.Tensor | None = None) -> torch.Tensor:
+    """Next-token cross-entropy of a caption read after a prefix of embeddings (the tokenizer's L_cap, paper §1).
+
+    ``prefix_embeds`` (B, P, D) are already in the LM's embedding space (the caller projects z_q); ``caption_ids``
+    (B, L) are right-padded text ids, ``caption_mask`` (B, L) True on real tokens. Every caption token is scored,
+    the first one from the last prefix position. Returns the mean over real caption tokens. Gradients reach
+    ``prefix_embeds``; freezing the LM is the caller's business (``requires_grad_(False)``).
+    """
+    B, P, _ = prefix_embeds.shape
+    if P < 1:
+        raise ValueError("prefix_caption_loss needs a prefix of at least one embedding to predict the first token")
+    if caption_mask is None:
+        caption_mask = torch.ones_like(caption_ids, dtype=torch.bool)
+    caption_mask = caption_mask.bool()
+    x = torch.cat([prefix_embeds, lm.embed(caption_ids).to(prefix_embeds.dtype)], dim=1)  # (B, P+L, D)
+    mask = torch.cat([torch.ones(B, P, dtype=torch.bool, device=caption_ids.device), caption_mask], dim=1)
+    hidden = lm(inputs_embeds=x, mask=mask)  # (B, P+L, D)
+    logits = lm.text_logits(hidden[:, P - 1:-1]).float()  # (B, L, V): position P-1+j predicts caption token j
+    nll = F.cross_entropy(logits.transpose(1, 2), caption_ids, reduction="none")  # (B, L)
+    weight = caption_mask.to(nll.dtype)
+    return (nll * weight).sum() / weight.sum().clamp_min(1.0)

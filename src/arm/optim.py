@@ -1,0 +1,54 @@
+"""The optimiser every stage uses: AdamW with decoupled weight decay on matrices only, linear warm-up, cosine decay.
+
+ARM §2 trains with AdamW, betas (0.9, 0.95); warm-up then cosine is the usual schedule around it. The cosine runs
+to zero at ``trainer.max_steps``; with no step budget (a streaming loader has no length) the rate stays constant
+after warm-up.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+from typing import Any
+
+import torch
+
+
+def warmup_cosine_factor(warmup_steps: int, total_steps: int | None):
+    """The learning-rate multiplier as a function of the step: linear warm-up, then cosine to zero at total."""
+    warmup = max(1, warmup_steps)
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        if total_steps is None or total_steps <= warmup:
+            return 1.0
+        progress = min(1.0, (step - warmup) / (total_steps - warmup))
+        return 0.5 * (1.0 + math.cos(math.pi * progress))
+
+    return factor
+
+
+def adamw_warmup_cosine(
+    params: Iterable[torch.nn.Parameter],
+    lr: float,
+    weight_decay: float,
+    betas: tuple[float, float],
+    warmup_steps: int,
+    total_steps: int | None,
+) -> dict[str, Any]:
+    """``configure_optimizers``'s return value: decay on tensors with >= 2 dims (not norms, biases, scalars)."""
+    params = [p for p in params if p.requires_grad]
+    groups = [
+        {"params": [p for p in params if p.ndim >= 2], "weight_decay": weight_decay},
+        {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0},
+    ]
+    opt = torch.optim.AdamW(groups, lr=lr, betas=tuple(betas))
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, warmup_cosine_factor(warmup_steps, total_steps))
+    return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+
+def trainer_total_steps(module) -> int | None:
+    """``trainer.max_steps`` when the module is attached to a trainer with a step budget, else ``None``."""
+    trainer = getattr(module, "_trainer", None)
+    return trainer.max_steps if trainer is not None and trainer.max_steps and trainer.max_steps > 0 else None

@@ -1,0 +1,72 @@
+"""``arm tokenizer ...``: training through LightningCLI, and the tokenizer's utility commands.
+
+- ``arm tokenizer fit|validate --config experiments/tokenizer/<name>.yaml``: LightningCLI over ``TokenizerModule``
+  and ``ShapeWorldDataModule`` (task ``scene``, so validation can score against the scenes).
+- ``arm tokenizer eval --ckpt DIR --data WORLD --out FILE.json``: every tokenizer metric on val (+ linear probes).
+- ``arm tokenizer encode --ckpt DIR --shards PATTERN --out DIR``: code shards for the AR stage.
+- ``arm tokenizer decode --ckpt DIR --codes FILE.npy --out DIR``: codes back to PNG images.
+``--ckpt`` is the folder that fit exports (``<default_root_dir>/tokenizer``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+UTILITIES = ("eval", "encode", "decode")
+
+
+def _utility_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="arm tokenizer", description=__doc__.split("\n")[0],
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+    ev = sub.add_parser("eval", help="all tokenizer metrics on the val split, as JSON",
+                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    ev.add_argument("--ckpt", required=True, help="exported tokenizer folder")
+    ev.add_argument("--data", required=True, help="ShapeWorld directory (train/ and val/ shards)")
+    ev.add_argument("--out", required=True, help="JSON file to write")
+    ev.add_argument("--num-val", type=int, default=1000, help="val images")
+    ev.add_argument("--num-probe-train", type=int, default=2000, help="train images to fit the linear probes on")
+    ev.add_argument("--recon-images", type=int, default=256, help="val images reconstructed")
+    ev.add_argument("--steps", type=int, default=10, help="decoder Euler steps")
+    ev.add_argument("--cfg", type=float, default=1.0, help="decoder-side CFG scale")
+    ev.add_argument("--batch-size", type=int, default=64)
+    enc = sub.add_parser("encode", help="write code shards (webdataset) for the AR stage",
+                         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    enc.add_argument("--ckpt", required=True, help="exported tokenizer folder")
+    enc.add_argument("--shards", required=True, help="input shards: a directory, glob or brace pattern")
+    enc.add_argument("--out", required=True, help="output directory for code shards")
+    enc.add_argument("--batch-size", type=int, default=128)
+    dec = sub.add_parser("decode", help="turn codes (.npy of shape (N,) or (B, N)) into PNG images",
+                         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    dec.add_argument("--ckpt", required=True, help="exported tokenizer folder")
+    dec.add_argument("--codes", required=True, help=".npy file of code indices")
+    dec.add_argument("--out", required=True, help="output directory")
+    dec.add_argument("--steps", type=int, default=10)
+    dec.add_argument("--cfg", type=float, default=1.0)
+    dec.add_argument("--seed", type=int, default=0)
+    return parser
+
+
+def main(args: list[str] | None = None) -> int:
+    args = sys.argv[1:] if args is None else list(args)
+    if args and args[0] in UTILITIES:
+        from arm.tokenizer import tools
+
+        ns = _utility_parser().parse_args(args)
+        try:
+            return getattr(tools, f"run_{ns.command}")(ns)
+        except (FileNotFoundError, ValueError) as err:
+            print(f"arm tokenizer {ns.command}: error: {err}", file=sys.stderr)
+            return 2
+    from lightning.pytorch.cli import LightningCLI
+
+    from arm.data.datamodule import ShapeWorldDataModule
+    from arm.tokenizer.module import TokenizerModule
+
+    LightningCLI(TokenizerModule, ShapeWorldDataModule, args=args, save_config_kwargs={"overwrite": True})
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,139 @@
+"""Tokenizer metrics over a stream of batches, shared by ``TokenizerModule``'s validation and ``arm tokenizer eval``.
+
+``TokenizerEvaluator.update`` takes a batch's images, scenes (``meta``, may be None for real data), z_q, code
+indices and loss parts; ``compute`` returns every metric (see ``TokenizerModule``'s docstring for definitions).
+``linear_probes`` fits the logistic-regression probes on pooled z_q (colour, shape, object count).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from arm.data.shapeworld.world import CLASSES, COLORS
+from arm.tokenizer.metrics import (
+    code_histogram,
+    code_perplexity,
+    code_usage,
+    frechet_distance,
+    linear_probe_accuracy,
+    psnr,
+)
+
+COLOR_PROMPT, SHAPE_PROMPT = "a {} shape", "a {}"
+"""Zero-shot prompts, the same ones the teacher's own zero-shot metric uses."""
+
+
+def scene_label(meta: dict, field: str) -> str | None:
+    """The one value of ``field`` ("color" or "class") shared by all objects of a scene, else ``None``."""
+    values = {o[field] for o in meta["scene"]["objects"]}
+    return values.pop() if len(values) == 1 else None
+
+
+class TokenizerEvaluator:
+    """Accumulates code statistics, zero-shot counts, loss sums and reconstruction metrics."""
+
+    def __init__(self, tokenizer, teacher, recon_images: int = 128, decode_steps: int = 10,
+                 cfg_scale: float = 1.0) -> None:
+        self.tokenizer, self.teacher = tokenizer, teacher
+        self.recon_images, self.decode_steps, self.cfg_scale = recon_images, decode_steps, cfg_scale
+        self.hist = torch.zeros(tokenizer.codebook_size, dtype=torch.long)
+        self.sums: dict[str, float] = {}
+        self.count = 0
+        self.zero_shot = {"color": [0, 0], "class": [0, 0]}
+        with torch.no_grad():
+            self.prompts = {
+                "color": (list(COLORS), teacher.embed_texts([COLOR_PROMPT.format(c) for c in COLORS])),
+                "class": (list(CLASSES), teacher.embed_texts([SHAPE_PROMPT.format(c) for c in CLASSES])),
+            }
+        self.recon: dict[str, list] = {"psnr": [], "ssim": [], "semantic": [], "real": [], "fake": []}
+        self.grid: torch.Tensor | None = None
+
+    @torch.no_grad()
+    def update(self, images: torch.Tensor, metas: list[dict] | None, z_q: torch.Tensor, indices: torch.Tensor,
+               parts: dict[str, torch.Tensor] | None = None) -> None:
+        bs = images.shape[0]
+        self.count += bs
+        for name, value in (parts or {}).items():
+            self.sums[name] = self.sums.get(name, 0.0) + float(value) * bs
+        self.hist += code_histogram(indices.cpu(), self.tokenizer.codebook_size)
+        if metas is not None:
+            emb = self.tokenizer.pooled_embedding(z_q)  # (B, E)
+            for field, (names, text) in self.prompts.items():
+                pred = (emb @ text.T).argmax(dim=1).tolist()
+                for i, meta in enumerate(metas):
+                    label = scene_label(meta, field)
+                    if label is not None:
+                        self.zero_shot[field][0] += int(names[pred[i]] == label)
+                        self.zero_shot[field][1] += 1
+        self._reconstruct(images, z_q, metas)
+
+    def _reconstruct(self, images: torch.Tensor, z_q: torch.Tensor, metas: list[dict] | None) -> None:
+        from torchmetrics.functional.image import structural_similarity_index_measure as ssim
+
+        room = self.recon_images - len(self.recon["psnr"])
+        if room <= 0:
+            return
+        images, z_q = images[:room].float(), z_q[:room]
+        # A fixed noise seed per position in the stream: the same checkpoint always gets the same numbers.
+        gen = torch.Generator(device=images.device).manual_seed(len(self.recon["psnr"]))
+        recon = self.tokenizer.decoder.sample(z_q, steps=self.decode_steps, cfg_scale=self.cfg_scale, generator=gen)
+        self.recon["psnr"] += psnr(recon, images).tolist()
+        self.recon["ssim"] += [float(ssim(recon[i : i + 1], images[i : i + 1], data_range=1.0))
+                               for i in range(len(recon))]
+        self.recon["real"].append(self.teacher.patch_features(images).mean(1).cpu())
+        self.recon["fake"].append(self.teacher.patch_features(recon).mean(1).cpu())
+        if metas is not None:
+            from arm.data.shapeworld.detector import detect_scene
+            from arm.data.shapeworld.judge import scenes_match
+            from arm.data.shapeworld.scene import Scene
+
+            pixels = (recon.permute(0, 2, 3, 1) * 255 + 0.5).clamp(0, 255).to(torch.uint8).cpu().numpy()
+            for img, meta in zip(pixels, metas):
+                self.recon["semantic"].append(scenes_match(Scene.from_json(meta["scene"]), detect_scene(img)))
+        if self.grid is None:
+            self.grid = torch.cat([images[:8].cpu(), recon[:8].cpu()])
+
+    def compute(self) -> dict[str, float]:
+        n = max(self.count, 1)
+        out = {("loss" if k == "total" else f"loss_{k}"): v / n for k, v in self.sums.items()}
+        out["code_usage"] = code_usage(self.hist)
+        out["code_perplexity"] = code_perplexity(self.hist)
+        for field, key in (("color", "zero_shot_color_acc"), ("class", "zero_shot_shape_acc")):
+            correct, total = self.zero_shot[field]
+            if total:
+                out[key] = correct / total
+        if "cap" in self.sums:
+            out["caption_ppl"] = float(np.exp(self.sums["cap"] / n))
+        rec = self.recon
+        if rec["psnr"]:
+            out["psnr"] = float(np.mean(rec["psnr"]))
+            out["ssim"] = float(np.mean(rec["ssim"]))
+            if len(rec["psnr"]) > 2:
+                out["fd_teacher"] = frechet_distance(torch.cat(rec["real"]).numpy(), torch.cat(rec["fake"]).numpy())
+        if rec["semantic"]:
+            out["semantic_recon_acc"] = float(np.mean(rec["semantic"]))
+        return out
+
+
+def probe_labels(metas: list[dict]) -> dict[str, list[int]]:
+    """Probe targets per image: colour / class index where all objects share it (else -1), object count - 1."""
+    out: dict[str, list[int]] = {"color": [], "class": [], "count": []}
+    for meta in metas:
+        color, cls = scene_label(meta, "color"), scene_label(meta, "class")
+        out["color"].append(list(COLORS).index(color) if color else -1)
+        out["class"].append(list(CLASSES).index(cls) if cls else -1)
+        out["count"].append(len(meta["scene"]["objects"]) - 1)
+    return out
+
+
+def linear_probes(train_x: torch.Tensor, train_labels: dict[str, list[int]], val_x: torch.Tensor,
+                  val_labels: dict[str, list[int]]) -> dict[str, float]:
+    """Probe accuracy per target on pooled features, using only images that have a label for it."""
+    out = {}
+    for name in ("color", "class", "count"):
+        ty, vy = torch.tensor(train_labels[name]), torch.tensor(val_labels[name])
+        tm, vm = ty >= 0, vy >= 0
+        if tm.sum() > 1 and vm.sum() > 0:
+            out["shape" if name == "class" else name] = linear_probe_accuracy(train_x[tm], ty[tm], val_x[vm], vy[vm])
+    return out

@@ -1,0 +1,217 @@
+"""TokenizerModule: trains ARM's semantic discrete tokenizer with its four losses on z_q (paper §1).
+
+frozen teacher patch features (B, N, F) -> projection -> FSQ codes -> symmetric projection -> z_q (B, N, F), then
+  L = w_cap L_cap + w_pix L_pix + w_sig L_sig + w_feat L_feat   (paper: 1, 5, 5, 1)
+- L_feat: mean cosine distance between z_q and the teacher's patch features;
+- L_sig:  SigLIP sigmoid loss between the pooled-z_q embedding and the teacher's text embedding of the caption,
+          with the tokenizer's own learnable temperature and bias;
+- L_cap:  next-token cross-entropy of the caption from the frozen caption LM reading adapter(z_q) as a prefix;
+- L_pix:  rectified-flow velocity loss of the pixel decoder conditioned on z_q (with condition dropout for
+          decoder-side CFG).
+A weight of 0 skips that branch's forward pass entirely (and, for L_cap, loading the LM is optional).
+
+Validation logs the losses and, on the first ``val_recon_images`` images, reconstructions sampled with
+``val_decode_steps`` Euler steps: ``val/psnr``, ``val/ssim``, ``val/semantic_recon_acc`` (the ShapeWorld detector
+parses the reconstruction to the same scene), ``val/fd_teacher`` (Fréchet distance between the teacher's mean-pooled
+patch features of originals and reconstructions: not FID); over the whole val set ``val/code_usage``,
+``val/code_perplexity``, ``val/zero_shot_color_acc``, ``val/zero_shot_shape_acc`` (pooled z_q against the teacher's
+text embeddings of "a {colour} shape" / "a {class}", scored on images whose objects share the label), and
+``val/caption_ppl``. A reconstruction grid (originals over reconstructions) goes to TensorBoard.
+
+Deliberate simplifications: the teacher and LM run in eval mode without gradients into their weights (gradients
+reach z_q through the frozen LM); the linear probe is computed by ``arm tokenizer eval`` only, since it needs
+train features.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+
+from arm.nn import TransformerConfig
+from arm.optim import adamw_warmup_cosine, trainer_total_steps
+from arm.teacher.losses import sigmoid_contrastive_loss
+from arm.teacher.model import load_teacher
+from arm.tokenizer.evaluate import TokenizerEvaluator
+from arm.tokenizer.model import SemanticTokenizer, TokenizerConfig, save_tokenizer
+from arm.tokenizer.pixel_decoder import PixelDiTConfig
+
+
+class TokenizerModule(L.LightningModule):
+    """Frozen teacher (+ frozen caption LM) and the trainable ``SemanticTokenizer``.
+
+    Args:
+        teacher_dir: exported teacher folder (``arm teacher fit`` writes ``<root>/teacher``).
+        lm_dir: exported caption LM folder (``arm lm fit``), needed when ``w_cap > 0``.
+        levels: FSQ levels per code dimension.
+        projection: transformer on each side of FSQ.
+        decoder: pixel DiT sizes (its ``image_size`` must match the data).
+        w_cap, w_pix, w_sig, w_feat: loss weights (paper: 1, 5, 5, 1); 0 removes the branch.
+        cond_drop_prob: probability of dropping z_q for the pixel decoder (decoder-side CFG).
+        lr, weight_decay, warmup_steps, betas: AdamW with warm-up and cosine decay to ``trainer.max_steps``.
+        caption_max_len: caption tokens kept for L_cap.
+        val_recon_images: val images reconstructed per validation (PSNR, SSIM, semantic, FD).
+        val_decode_steps, val_cfg_scale: Euler steps and decoder CFG for those reconstructions.
+        export: write the trained tokenizer to ``<default_root_dir>/tokenizer`` at the end of fit.
+    """
+
+    def __init__(
+        self,
+        teacher_dir: str,
+        lm_dir: str | None = None,
+        levels: list[int] | None = None,
+        projection: TransformerConfig | None = None,
+        decoder: PixelDiTConfig | None = None,
+        w_cap: float = 1.0,
+        w_pix: float = 5.0,
+        w_sig: float = 5.0,
+        w_feat: float = 1.0,
+        cond_drop_prob: float = 0.1,
+        lr: float = 1e-3,
+        weight_decay: float = 0.0,
+        warmup_steps: int = 100,
+        betas: tuple[float, float] = (0.9, 0.95),
+        caption_max_len: int = 64,
+        val_recon_images: int = 128,
+        val_decode_steps: int = 10,
+        val_cfg_scale: float = 1.0,
+        export: bool = True,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        self.teacher = load_teacher(teacher_dir).requires_grad_(False)
+        self.lm, self.lm_tokenizer = None, None
+        if w_cap > 0:
+            if not lm_dir:
+                raise ValueError("w_cap > 0 needs a caption LM: set model.lm_dir (arm lm fit) or model.w_cap=0")
+            from arm.ar.lm_module import load_lm
+            from arm.data.text_tokenizer import TextTokenizer
+
+            self.lm, lm_config = load_lm(lm_dir)
+            self.lm.requires_grad_(False)
+            self.lm_tokenizer = TextTokenizer.from_file(os.path.join(lm_dir, "tokenizer.json"))
+        tc = self.teacher.config
+        config = TokenizerConfig(
+            levels=list(levels) if levels else [4, 4, 4, 4, 4, 4],
+            projection=projection or TransformerConfig(dim=128, num_layers=2, num_heads=4),
+            decoder=decoder or PixelDiTConfig(image_size=tc.image_size),
+            feature_dim=tc.image_dim, text_embed_dim=tc.embed_dim,
+            lm_dim=self.lm.config.dim if self.lm is not None else 0,
+        )
+        if config.decoder.image_size != tc.image_size:
+            raise ValueError(f"decoder.image_size {config.decoder.image_size} differs from the teacher's image size "
+                             f"{tc.image_size}: set model.decoder.image_size={tc.image_size}")
+        self.model = SemanticTokenizer(config)
+
+    # ------------------------------------------------------------------------------------------ losses
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        self.teacher.eval()  # frozen towers stay in eval mode (no dropout / norm updates) whatever Lightning asks
+        if self.lm is not None:
+            self.lm.eval()
+        return self
+
+    @staticmethod
+    def _images_and_captions(batch: dict[str, Any]) -> tuple[torch.Tensor, list[str]]:
+        if "meta" in batch:
+            return batch["image"], [m["caption"] for m in batch["meta"]]
+        if "text" in batch:
+            return batch["image"], list(batch["text"])
+        raise ValueError(f"tokenizer batches need 'meta' (task scene) or 'text' (task caption); got {sorted(batch)}")
+
+    def losses(self, images: torch.Tensor, captions: list[str]) -> tuple[dict[str, torch.Tensor], torch.Tensor, torch.Tensor]:
+        """Weighted-sum ingredients: {name: loss}, plus z_q (B, N, F) and code indices (B, N)."""
+        hp = self.hparams
+        with torch.no_grad():
+            feats = self.teacher.patch_features(images)  # (B, N, F)
+        z_q, indices = self.model.quantize(feats)
+        out: dict[str, torch.Tensor] = {}
+        if hp.w_feat > 0:
+            out["feat"] = (1 - F.cosine_similarity(z_q, feats, dim=-1)).mean()
+        if hp.w_sig > 0:
+            with torch.no_grad():
+                text = self.teacher.embed_texts(captions)  # (B, E)
+            out["sig"] = sigmoid_contrastive_loss(self.model.pooled_embedding(z_q), text, self.model.logit_scale,
+                                                  self.model.logit_bias)
+        if hp.w_cap > 0:
+            from arm.ar.lm_module import encode_captions
+            from arm.ar.model import prefix_caption_loss
+
+            ids, mask = encode_captions(self.lm_tokenizer, captions, hp.caption_max_len, images.device)
+            ids, mask = ids[:, 1:], mask[:, 1:]  # the z_q prefix takes the place of the leading [eos]
+            out["cap"] = prefix_caption_loss(self.lm, self.model.cap_adapter(z_q), ids, mask)
+        if hp.w_pix > 0:
+            out["pix"] = self.model.decoder.loss(images, z_q, hp.cond_drop_prob)
+        return out, z_q, indices
+
+    def _total(self, parts: dict[str, torch.Tensor]) -> torch.Tensor:
+        return sum(getattr(self.hparams, f"w_{name}") * value for name, value in parts.items())
+
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
+        images, captions = self._images_and_captions(batch)
+        parts, _, _ = self.losses(images, captions)
+        loss = self._total(parts)
+        bs = images.shape[0]
+        self.log("train/loss", loss, prog_bar=True, batch_size=bs)
+        for name, value in parts.items():
+            self.log(f"train/loss_{name}", value, batch_size=bs)
+        return loss
+
+    # -------------------------------------------------------------------------------------- validation
+
+    def on_validation_epoch_start(self) -> None:
+        hp = self.hparams
+        self._evaluator = TokenizerEvaluator(self.model, self.teacher, hp.val_recon_images if hp.w_pix > 0 else 0,
+                                             hp.val_decode_steps, hp.val_cfg_scale)
+
+    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        images, captions = self._images_and_captions(batch)
+        parts, z_q, indices = self.losses(images, captions)
+        parts["total"] = self._total(parts)
+        self._evaluator.update(images, batch.get("meta"), z_q, indices, parts)
+
+    def on_validation_epoch_end(self) -> None:
+        for name, value in self._evaluator.compute().items():
+            self.log(f"val/{name}", value)
+        self._log_grid(self._evaluator.grid)
+
+    def _log_grid(self, images: torch.Tensor | None) -> None:
+        from lightning.pytorch.loggers import TensorBoardLogger
+        from torchvision.utils import make_grid
+
+        if images is None or not isinstance(self.logger, TensorBoardLogger):
+            return
+        grid = make_grid(images, nrow=max(1, len(images) // 2), pad_value=1.0)
+        self.logger.experiment.add_image("val/reconstructions", grid, self.global_step)
+
+    # -------------------------------------------------------------------------------------- optimiser
+
+    def configure_optimizers(self) -> dict[str, Any]:
+        hp = self.hparams
+        return adamw_warmup_cosine(self.model.parameters(), hp.lr, hp.weight_decay, hp.betas, hp.warmup_steps,
+                                   trainer_total_steps(self))
+
+    def export_dir(self) -> str:
+        return os.path.join(self.trainer.default_root_dir, "tokenizer")
+
+    def on_fit_end(self) -> None:
+        if self.hparams.export and self.trainer.is_global_zero:
+            save_tokenizer(self.model, self.export_dir(), self.hparams.teacher_dir, self.hparams.lm_dir)
+
+    def state_dict(self, *args, **kwargs):
+        # Checkpoints hold the trainable tokenizer only; the frozen teacher and LM are loaded from their folders.
+        return {k: v for k, v in super().state_dict(*args, **kwargs).items()
+                if not k.startswith(("teacher.", "lm."))}
+
+    def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
+        missing = [k for k in super().state_dict() if k.startswith(("teacher.", "lm."))]
+        merged = dict(state_dict)
+        current = super().state_dict()
+        for k in missing:
+            merged.setdefault(k, current[k])
+        return super().load_state_dict(merged, strict=strict, assign=assign)

@@ -1,0 +1,76 @@
+"""The trainable projection between frozen encoder features and FSQ codes (ARM paper §1).
+
+``encode``: features (B, N, F) -> linear to width -> bidirectional transformer blocks -> linear to ``d`` -> FSQ.
+``decode``: codes (B, N, d) -> linear to width -> bidirectional transformer blocks -> linear to F, giving z_q, the
+tensor every tokenizer loss (L_cap, L_pix, L_sig, L_feat) reads. The two halves are symmetric but do not share
+weights. The paper uses a stack of 6 blocks (?) down to 16 dims x 2 levels.
+
+Choices and simplifications:
+- Positions: the blocks use rotary embedding over the raster order of the N tokens when ``config.rope`` is on
+  (the default), and nothing when it is off. No learned absolute position table: the frozen encoder's features
+  already carry its own position embedding, and rotary needs no maximum length, so any grid size works.
+- ``config.causal`` is overridden to False: a token's code may depend on the whole image.
+- The transformer ends with its own RMSNorm before the final linear, so the pre-quantization ``z`` has a
+  controlled scale when it enters the tanh bound of FSQ.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+from arm.nn import Transformer, TransformerConfig
+from arm.tokenizer.fsq import FSQ
+
+
+class CodeProjection(nn.Module):
+    """Features (B, N, feature_dim) <-> FSQ codes (B, N, code_dim), with ``len(levels) == code_dim``."""
+
+    def __init__(self, feature_dim: int, code_dim: int, levels: Sequence[int], config: TransformerConfig) -> None:
+        super().__init__()
+        if len(levels) != code_dim:
+            raise ValueError(f"code_dim={code_dim} but {len(levels)} FSQ levels given: pass one level per code dim")
+        self.feature_dim, self.code_dim = feature_dim, code_dim
+        self.config = dataclasses.replace(config, causal=False)
+        width = self.config.dim
+        self.enc_in = nn.Linear(feature_dim, width)
+        self.encoder = Transformer(self.config)
+        self.enc_out = nn.Linear(width, code_dim)
+        self.fsq = FSQ(levels)
+        self.dec_in = nn.Linear(code_dim, width)
+        self.decoder = Transformer(self.config)
+        self.dec_out = nn.Linear(width, feature_dim)
+
+    @property
+    def codebook_size(self) -> int:
+        return self.fsq.codebook_size
+
+    def encode(self, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``features`` (B, N, F) -> (z (B, N, d) pre-quantization, codes (B, N, d) float32, indices (B, N) int64)."""
+        if features.shape[-1] != self.feature_dim:
+            raise ValueError(f"features have last dim {features.shape[-1]} but CodeProjection was built with "
+                             f"feature_dim={self.feature_dim}: set feature_dim={features.shape[-1]} "
+                             f"(the teacher's width)")
+        h = self.encoder(self.enc_in(features))  # (B, N, W)
+        z = self.enc_out(h)  # (B, N, d)
+        codes = self.fsq(z)  # (B, N, d) float32, straight-through
+        return z, codes, self.fsq.codes_to_indices(codes)
+
+    def decode(self, codes: torch.Tensor) -> torch.Tensor:
+        """``codes`` (B, N, d) -> z_q (B, N, F)."""
+        if codes.shape[-1] != self.code_dim:
+            raise ValueError(f"codes have last dim {codes.shape[-1]} but CodeProjection was built with "
+                             f"code_dim={self.code_dim}: pass codes from this module's FSQ")
+        return self.dec_out(self.decoder(self.dec_in(codes)))  # (B, N, F)
+
+    def decode_indices(self, indices: torch.Tensor) -> torch.Tensor:
+        """Code indices (B, N) -> z_q (B, N, F): the path from AR-generated tokens back to features."""
+        return self.decode(self.fsq.indices_to_codes(indices))
+
+    def forward(self, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``features`` (B, N, F) -> (z_q (B, N, F), codes (B, N, d), indices (B, N))."""
+        _, codes, indices = self.encode(features)
+        return self.decode(codes), codes, indices

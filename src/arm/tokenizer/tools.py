@@ -1,0 +1,167 @@
+"""The tokenizer's utility commands: ``eval`` (metrics JSON), ``encode`` (code shards), ``decode`` (PNGs).
+
+Code shards mirror the input shards sample by sample: ``KEY.codes.npy`` (int16/int32 (N,) code indices of the
+image), ``KEY.edit_codes.npy`` (of the edited image, when the sample has one) and ``KEY.json`` (unchanged), so
+the AR stage trains on understanding, generation and editing sequences without touching pixels.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import webdataset as wds
+from tqdm import tqdm
+
+from arm.io import write_json_atomic
+
+
+def _load(ckpt: str):
+    from arm.tokenizer.model import TokenizerBundle
+
+    return TokenizerBundle.load(ckpt)
+
+
+def _npy(array: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    np.save(buf, array, allow_pickle=False)
+    return buf.getvalue()
+
+
+def run_eval(ns: argparse.Namespace) -> int:
+    """Every tokenizer metric on val; linear probes fit on ``num_probe_train`` train images."""
+    from arm.data.datamodule import ShapeWorldStream
+    from arm.data.samples import expand_shards
+    from arm.tokenizer.evaluate import TokenizerEvaluator, linear_probes, probe_labels
+
+    bundle = _load(ns.ckpt)
+    tok = bundle.tokenizer
+    lm = lm_tokenizer = None
+    with open(os.path.join(ns.ckpt, "config.json")) as f:
+        lm_dir = json.load(f).get("lm_dir")
+    if lm_dir and tok.cap_adapter is not None:
+        from arm.ar.lm_module import load_lm
+        from arm.data.text_tokenizer import TextTokenizer
+
+        lm, _ = load_lm(lm_dir)
+        lm_tokenizer = TextTokenizer.from_file(os.path.join(lm_dir, "tokenizer.json"))
+    evaluator = TokenizerEvaluator(tok, bundle.teacher, ns.recon_images, ns.steps, ns.cfg)
+    data = Path(ns.data)
+
+    def pooled(split: str, limit: int, evaluate: bool):
+        stream = ShapeWorldStream(expand_shards(str(data / split)), task="scene", batch_size=ns.batch_size,
+                                  max_samples=limit, rank=0, world_size=1)
+        feats, metas = [], []
+        for batch in tqdm(stream, desc=f"tokenizer eval {split}", unit="batch"):
+            images = batch["image"]
+            with torch.no_grad():
+                z_q, indices = tok.quantize(bundle.teacher.patch_features(images))
+                parts = {}
+                if evaluate and lm is not None:
+                    from arm.ar.lm_module import encode_captions
+                    from arm.ar.model import prefix_caption_loss
+
+                    ids, mask = encode_captions(lm_tokenizer, [m["caption"] for m in batch["meta"]], 64)
+                    ids, mask = ids[:, 1:], mask[:, 1:]  # as in training: z_q replaces the leading [eos]
+                    parts["cap"] = prefix_caption_loss(lm, tok.cap_adapter(z_q), ids, mask)
+            if evaluate:
+                evaluator.update(images, batch["meta"], z_q, indices, parts)
+            feats.append(z_q.mean(1))
+            metas += batch["meta"]
+        return torch.cat(feats), metas
+
+    started = time.perf_counter()
+    val_x, val_meta = pooled("val", ns.num_val, evaluate=True)
+    train_x, train_meta = pooled("train", ns.num_probe_train, evaluate=False)
+    metrics = evaluator.compute()
+    zero_shot = {k: metrics.pop(f"zero_shot_{k}_acc") for k in ("color", "shape") if f"zero_shot_{k}_acc" in metrics}
+    report = {
+        **{k: v for k, v in metrics.items() if not k.startswith("loss")},
+        "zero_shot_acc": zero_shot,
+        "probe_acc": linear_probes(train_x, probe_labels(train_meta), val_x, probe_labels(val_meta)),
+        "num_val": len(val_meta),
+        "num_probe_train": len(train_meta),
+        "decode_steps": ns.steps,
+        "decoder_cfg": ns.cfg,
+        "ckpt": os.path.abspath(ns.ckpt),
+        "seconds": round(time.perf_counter() - started, 1),
+    }
+    write_json_atomic(ns.out, report)
+    print(json.dumps(report, indent=2))
+    return 0
+
+
+def run_encode(ns: argparse.Namespace) -> int:
+    """Code shards beside the input layout: one output tar per input tar, same keys."""
+    from arm.data.samples import expand_shards
+
+    bundle = _load(ns.ckpt)
+    dtype = np.int16 if bundle.tokenizer.codebook_size <= 2**15 else np.int32
+    out = Path(ns.out)
+    out.mkdir(parents=True, exist_ok=True)
+    shards = expand_shards(ns.shards)
+    for shard in tqdm(shards, desc="encode", unit="shard"):
+        target = out / Path(shard).name
+        tmp = target.with_name(f".{target.name}.tmp{os.getpid()}")
+        with open(tmp, "wb") as f:
+            writer = wds.TarWriter(f, mtime=0.0, encoder=False)
+            pending: list[dict] = []
+            for sample in wds.tarfile_samples([{"url": shard}]):
+                pending.append(sample)
+                if len(pending) == ns.batch_size:
+                    _write_codes(bundle, pending, writer, dtype)
+                    pending = []
+            if pending:
+                _write_codes(bundle, pending, writer, dtype)
+            writer.close()
+        os.replace(tmp, target)
+    print(json.dumps({"shards": len(shards), "out": str(out), "codebook_size": bundle.tokenizer.codebook_size}))
+    return 0
+
+
+def _write_codes(bundle, samples: list[dict], writer: wds.TarWriter, dtype) -> None:
+    """Encode a batch of raw samples (their scene and, when present, edited image) and write code samples."""
+    from arm.data.samples import decode_image
+
+    images = torch.stack([decode_image(s["png"]) for s in samples])
+    codes = bundle.encode(images).cpu().numpy().astype(dtype)
+    edit_rows = [i for i, s in enumerate(samples) if "edit.png" in s]
+    edit_codes = {}
+    if edit_rows:
+        edits = torch.stack([decode_image(samples[i]["edit.png"]) for i in edit_rows])
+        edit_codes = dict(zip(edit_rows, bundle.encode(edits).cpu().numpy().astype(dtype)))
+    for i, s in enumerate(samples):
+        out = {"__key__": s["__key__"], "json": s["json"], "codes.npy": _npy(codes[i])}
+        if i in edit_codes:
+            out["edit_codes.npy"] = _npy(edit_codes[i])
+        writer.write(out)
+
+
+def run_decode(ns: argparse.Namespace) -> int:
+    """Codes (N,) or (B, N) from a .npy file -> ``OUT/decoded-XXXX.png``."""
+    from arm.data.shapeworld.render import encode_png
+
+    path = Path(ns.codes)
+    if not path.is_file():
+        raise FileNotFoundError(f"no codes file at {path}")
+    codes = np.load(path, allow_pickle=False)
+    codes = codes[None] if codes.ndim == 1 else codes
+    bundle = _load(ns.ckpt)
+    size = bundle.tokenizer.codebook_size
+    if codes.min() < 0 or codes.max() >= size:
+        raise ValueError(f"codes must lie in [0, {size}) for this tokenizer; got [{codes.min()}, {codes.max()}]")
+    gen = torch.Generator().manual_seed(ns.seed)
+    images = bundle.decode(torch.as_tensor(codes, dtype=torch.long), ns.steps, ns.cfg, gen)
+    out = Path(ns.out)
+    out.mkdir(parents=True, exist_ok=True)
+    pixels = (images.permute(0, 2, 3, 1) * 255 + 0.5).clamp(0, 255).to(torch.uint8).numpy()
+    for i, img in enumerate(pixels):
+        (out / f"decoded-{i:04d}.png").write_bytes(encode_png(img))
+    print(json.dumps({"images": len(pixels), "out": str(out)}))
+    return 0
