@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 PIP := $(PY) -m pip install --quiet --disable-pip-version-check
 export PYTHONUNBUFFERED := 1
 
-.PHONY: setup test test-all demo bench lint clean
+.PHONY: setup test test-all demo bench lint table7 clean
 
 setup: $(STAMP)
 
@@ -33,6 +33,9 @@ demo: setup
 bench: setup
 	GLIBC_TUNABLES=glibc.malloc.mmap_threshold=33554432:glibc.malloc.trim_threshold=17179869184 \
 		$(VENV)/bin/arm bench --out results/bench.json
+
+table7: setup
+	$(VENV)/bin/arm tokenizer table7 --out results --demo results/demo
 
 lint: setup
 	$(VENV)/bin/ruff check src tests eval

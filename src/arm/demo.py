@@ -7,8 +7,13 @@ interrupted stage starts again (every stage writes its files atomically). Stages
 2. ``text_tok``   byte-level BPE on the world's text (``arm data text-tokenizer``)
 3. ``figure``     a sample grid: scenes with captions, edits with instructions and masks
 4. ``judge``      the built-in judge scores every GenEval benchmark record's ground-truth image
+5. ``teacher``    the language-aligned teacher (``arm teacher fit``, experiments/teacher/shapeworld.yaml)
+6. ``lm``         the small caption LM for L_cap (``arm lm fit``, experiments/lm/shapeworld.yaml)
+7. ``tokenizer``  the discrete tokenizer with its four losses (``arm tokenizer fit``)
+8. ``tokenizer_eval``  every tokenizer metric on val (``arm tokenizer eval``)
+Training stages resume from their last checkpoint when cut off (``pipeline.run_fit``).
 
-Coming with later issues: teacher -> tokenizer -> codes -> AR model -> RL -> eval -> figures.
+Coming with later issues: codes -> AR model -> RL -> eval -> figures.
 """
 
 from __future__ import annotations
@@ -60,8 +65,8 @@ def _score_geneval_ground_truth(bench: Path) -> dict:
     return summarize_geneval(results)
 
 
-def run_demo(out: str = "results/demo", seed: int = 0) -> dict:
-    """Run every stage that has not finished yet; write ``OUT/summary.json`` and print a summary table."""
+def run_demo(out: str = "results/demo", seed: int = 0, until: str | None = None) -> dict:
+    """Run every stage that has not finished yet (up to and including ``until``); write ``OUT/summary.json``."""
     from arm.data.shapeworld.figures import sample_grid
     from arm.data.shapeworld.writer import write_world
     from arm.data.text_tokenizer import build_text_tokenizer
@@ -69,6 +74,7 @@ def run_demo(out: str = "results/demo", seed: int = 0) -> dict:
     out_dir = Path(out)
     out_dir.mkdir(parents=True, exist_ok=True)
     world = out_dir / "world"
+    tokenizer = out_dir / "tokenizer.json"
     summary_path = out_dir / "summary.json"
     summary = json.loads(summary_path.read_text()) if summary_path.exists() else {}
     summary.update({"git": _git_hash(), "seed": seed})
@@ -81,7 +87,24 @@ def run_demo(out: str = "results/demo", seed: int = 0) -> dict:
         Stage("figure", [out_dir / "figures" / "shapeworld_samples.png"],
               lambda: {"figure": str(sample_grid(world, out_dir / "figures" / "shapeworld_samples.png"))}),
         Stage("judge", [out_dir / "judge_ground_truth.json"], lambda: _judge_stage(world, out_dir)),
+        Stage("teacher", [out_dir / "teacher" / "teacher" / "model.safetensors"],
+              lambda: _fit_stage("teacher", out_dir / "teacher", model={"tokenizer_path": str(tokenizer)},
+                                 data={"data_dir": str(world)})),
+        Stage("lm", [out_dir / "lm" / "lm" / "model.safetensors"],
+              lambda: _fit_stage("lm", out_dir / "lm", model={"tokenizer_path": str(tokenizer)},
+                                 data={"data_dir": str(world)})),
+        Stage("tokenizer", [out_dir / "tokenizer" / "tokenizer" / "model.safetensors"],
+              lambda: _fit_stage("tokenizer", out_dir / "tokenizer",
+                                 model={"teacher_dir": str(out_dir / "teacher" / "teacher"),
+                                        "lm_dir": str(out_dir / "lm" / "lm")},
+                                 data={"data_dir": str(world)})),
+        Stage("tokenizer_eval", [out_dir / "tokenizer_eval.json"], lambda: _tokenizer_eval_stage(world, out_dir)),
     ]
+    if until is not None:
+        names = [s.name for s in stages]
+        if until not in names:
+            raise ValueError(f"unknown demo stage {until!r}; expected one of {names}")
+        stages = stages[: names.index(until) + 1]
     for i, stage in enumerate(stages, 1):
         label = f"[{i}/{len(stages)}] {stage.name}"
         if stage.done():
@@ -94,9 +117,31 @@ def run_demo(out: str = "results/demo", seed: int = 0) -> dict:
         summary[stage.name] = result
         _write_json(summary_path, summary)
     _print_table(summary)
-    print("\nNext (later issues): teacher -> tokenizer -> codes -> AR model -> RL -> eval -> figures.")
+    print("\nNext (later issues): codes -> AR model -> RL -> eval -> figures.")
     print(f"Summary: {summary_path}   Figure: {out_dir / 'figures' / 'shapeworld_samples.png'}")
     return summary
+
+
+def _fit_stage(stage: str, run_dir: Path, model: dict, data: dict) -> dict:
+    """Fit one LightningCLI stage with its embedded-default YAML; returns its last validation metrics."""
+    from arm.pipeline import last_scalars, run_fit
+
+    seconds = run_fit(stage, f"experiments/{stage}/shapeworld.yaml", run_dir, model, data)
+    return {"seconds": round(seconds, 1), **last_scalars(run_dir / "tb")}
+
+
+def _tokenizer_eval_stage(world: Path, out_dir: Path) -> dict:
+    import argparse
+
+    from arm.tokenizer.tools import run_eval
+
+    ns = argparse.Namespace(ckpt=str(out_dir / "tokenizer" / "tokenizer"), data=str(world),
+                            out=str(out_dir / "tokenizer_eval.json"), num_val=1000, num_probe_train=2000,
+                            recon_images=256, steps=10, cfg=1.0, batch_size=64)
+    run_eval(ns)
+    report = json.loads((out_dir / "tokenizer_eval.json").read_text())
+    keys = ("psnr", "semantic_recon_acc", "code_usage", "zero_shot_acc", "probe_acc", "fd_teacher", "rfid")
+    return {k: report[k] for k in keys if k in report}
 
 
 def _judge_stage(world: Path, out_dir: Path) -> dict:
@@ -114,5 +159,7 @@ def _print_table(summary: dict) -> None:
         rows.append(("text vocab", str(summary["text_tok"].get("vocab_size"))))
     if "judge" in summary:
         rows.append(("GenEval on ground truth", f'{summary["judge"].get("overall", float("nan")):.3f}'))
+    for key, value in summary.get("tokenizer_eval", {}).items():
+        rows.append((f"tokenizer {key}", json.dumps(value) if isinstance(value, dict) else f"{value:.3f}"))
     width = max(len(r[0]) for r in rows) if rows else 10
     print("\n" + "\n".join(f"  {k:<{width}}  {v}" for k, v in rows))

@@ -5,6 +5,7 @@
 - ``arm tokenizer eval --ckpt DIR --data WORLD --out FILE.json``: every tokenizer metric on val (+ linear probes).
 - ``arm tokenizer encode --ckpt DIR --shards PATTERN --out DIR``: code shards for the AR stage.
 - ``arm tokenizer decode --ckpt DIR --codes FILE.npy --out DIR``: codes back to PNG images.
+- ``arm tokenizer table7 --out results``: the loss ablation of the paper's Table 7 (``make table7``).
 ``--ckpt`` is the folder that fit exports (``<default_root_dir>/tokenizer``).
 """
 
@@ -13,7 +14,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-UTILITIES = ("eval", "encode", "decode")
+UTILITIES = ("eval", "encode", "decode", "table7")
 
 
 def _utility_parser() -> argparse.ArgumentParser:
@@ -45,6 +46,12 @@ def _utility_parser() -> argparse.ArgumentParser:
     dec.add_argument("--steps", type=int, default=10)
     dec.add_argument("--cfg", type=float, default=1.0)
     dec.add_argument("--seed", type=int, default=0)
+    t7 = sub.add_parser("table7", help="train the four loss-ablation variants and write Table 7",
+                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    t7.add_argument("--out", default="results", help="writes OUT/table7.{json,md} and OUT/table7/<variant>/")
+    t7.add_argument("--demo", default="results/demo", help="the demo folder (world, teacher, caption LM)")
+    t7.add_argument("--seed", type=int, default=0)
+    t7.add_argument("--steps", type=int, default=None, help="override the YAML's max_steps (for quick looks)")
     return parser
 
 

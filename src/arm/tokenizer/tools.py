@@ -165,3 +165,10 @@ def run_decode(ns: argparse.Namespace) -> int:
         (out / f"decoded-{i:04d}.png").write_bytes(encode_png(img))
     print(json.dumps({"images": len(pixels), "out": str(out)}))
     return 0
+
+
+def run_table7(ns: argparse.Namespace) -> int:
+    from arm.tokenizer.table7 import run_table7 as table7
+
+    table7(ns.out, ns.demo, ns.seed, ns.steps)
+    return 0
