@@ -19,12 +19,13 @@ Coming with later issues: codes -> AR model -> RL -> eval -> figures.
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+
+from arm.io import write_json_atomic
 
 DEMO_WORLD = {"num_train": 20000, "num_val": 1000, "num_test": 1000, "resolution": 64}
 
@@ -45,12 +46,6 @@ def _git_hash() -> str:
                               cwd=Path(__file__).parent).stdout.strip() or "unknown"
     except (OSError, subprocess.SubprocessError):
         return "unknown"
-
-
-def _write_json(path: Path, obj: dict) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n")
-    os.replace(tmp, path)
 
 
 def _score_geneval_ground_truth(bench: Path) -> dict:
@@ -115,7 +110,7 @@ def run_demo(out: str = "results/demo", seed: int = 0, until: str | None = None)
         result = stage.run()
         summary["timings_s"][stage.name] = round(time.perf_counter() - started, 2)
         summary[stage.name] = result
-        _write_json(summary_path, summary)
+        write_json_atomic(summary_path, summary)
     _print_table(summary)
     print("\nNext (later issues): codes -> AR model -> RL -> eval -> figures.")
     print(f"Summary: {summary_path}   Figure: {out_dir / 'figures' / 'shapeworld_samples.png'}")
@@ -146,7 +141,7 @@ def _tokenizer_eval_stage(world: Path, out_dir: Path) -> dict:
 
 def _judge_stage(world: Path, out_dir: Path) -> dict:
     result = _score_geneval_ground_truth(world / "bench")
-    _write_json(out_dir / "judge_ground_truth.json", result)
+    write_json_atomic(out_dir / "judge_ground_truth.json", result)
     return result
 
 

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 import os
 import shutil
 from typing import Any
@@ -33,7 +32,9 @@ import torch
 from safetensors.torch import load_file, save
 
 from arm.ar.model import ARConfig, ARDecoder, lm_loss
-from arm.data.text_tokenizer import TextTokenizer, write_atomic
+from arm.data.text_tokenizer import TextTokenizer
+from arm.io import write_atomic
+from arm.optim import adamw_warmup_cosine, trainer_total_steps
 
 WEIGHTS_FILE, CONFIG_FILE, TOKENIZER_FILE = "model.safetensors", "config.json", "tokenizer.json"
 CREATE_COMMAND = "arm lm fit --config experiments/lm/shapeworld.yaml"
@@ -119,23 +120,9 @@ class CaptionLMModule(L.LightningModule):
             self.log("val/ppl", torch.exp(totals[0] / totals[1]).float(), prog_bar=True)
 
     def configure_optimizers(self) -> dict[str, Any]:
-        decay = [p for p in self.model.parameters() if p.ndim >= 2]
-        no_decay = [p for p in self.model.parameters() if p.ndim < 2]
-        opt = torch.optim.AdamW([{"params": decay, "weight_decay": self.hparams.weight_decay},
-                                 {"params": no_decay, "weight_decay": 0.0}],
-                                lr=self.hparams.lr, betas=tuple(self.hparams.betas))
-        warmup = max(1, self.hparams.warmup_steps)
-        total = self.trainer.max_steps if self.trainer is not None and self.trainer.max_steps > 0 else None
-
-        def factor(step: int) -> float:
-            if step < warmup:
-                return (step + 1) / warmup
-            if total is None or total <= warmup:
-                return 1.0
-            return 0.5 * (1.0 + math.cos(math.pi * min(1.0, (step - warmup) / (total - warmup))))
-
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, factor)
-        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+        hp = self.hparams
+        return adamw_warmup_cosine(self.model.parameters(), hp.lr, hp.weight_decay, hp.betas, hp.warmup_steps,
+                                   trainer_total_steps(self))
 
     def export_dir(self) -> str:
         return os.path.join(self.trainer.default_root_dir, "lm")

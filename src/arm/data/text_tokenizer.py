@@ -19,10 +19,11 @@ Deliberate simplifications:
 from __future__ import annotations
 
 import os
-import tempfile
 from collections.abc import Iterable, Sequence
 
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+from arm.io import write_atomic
 
 PAD_TOKEN = "<|pad|>"
 EOS_TOKEN = "<|endoftext|>"
@@ -103,21 +104,6 @@ class TextTokenizer:
 def _tokenizer_path(out_path: str | os.PathLike) -> str:
     out = os.fspath(out_path)
     return out if out.endswith(".json") else os.path.join(out, "tokenizer.json")
-
-
-def write_atomic(path: str, data: bytes) -> None:
-    """Write ``data`` to ``path`` via a temp file in the same directory and ``os.replace``: never half a file."""
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tokenizer-", suffix=".tmp", dir=directory)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 def train_text_tokenizer(texts: Iterable[str], vocab_size: int = 1024,

@@ -30,6 +30,7 @@ from arm.data.shapeworld import text as text_mod
 from arm.data.shapeworld.render import encode_png, render
 from arm.data.shapeworld.scene import Scene, heldout_combinations, scene_for, split_rng
 from arm.data.shapeworld.world import HELDOUT_COLOR_SHAPE, HELDOUT_RELATIONS
+from arm.io import write_atomic, write_json_atomic
 
 SHARD_PATTERN = "shard-{:06d}.tar"
 
@@ -149,7 +150,7 @@ def write_world(
         "heldout_color_shape": sorted(f"{c} {s}" for c, s in HELDOUT_COLOR_SHAPE),
         "heldout_relations": sorted(f"{a} {r} {b}" for a, r, b in HELDOUT_RELATIONS),
     }
-    _write_text(out_dir / "world.json", json.dumps(summary, indent=2, sort_keys=True) + "\n")
+    write_json_atomic(out_dir / "world.json", summary)
     summary["samples_per_s"] = sum(counts.values()) / max(elapsed, 1e-9)
     return summary
 
@@ -157,15 +158,9 @@ def write_world(
 # ---------------------------------------------------------------------------------------------- bench
 
 
-def _write_text(path: Path, text: str) -> None:
-    tmp = _atomic_path(path)
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
 def _write_jsonl(path: Path, records: Iterable[dict]) -> int:
     lines = [json.dumps(r, sort_keys=True) for r in records]
-    _write_text(path, "".join(line + "\n" for line in lines))
+    write_atomic(path, "".join(line + "\n" for line in lines).encode())
     return len(lines)
 
 
