@@ -23,7 +23,7 @@ def tiny_world(tmp_path_factory):
 def _args(root, *extra: str) -> list[str]:
     return ["fit", "--config", "experiments/teacher/tiny.yaml", "--data.data_dir", str(root / "world"),
             "--model.tokenizer_path", str(root / "tokenizer.json"), "--trainer.default_root_dir",
-            str(root / "run"), *extra]
+            str(root / "run"), "--trainer.logger.init_args.save_dir", str(root / "run"), *extra]
 
 
 def test_fast_dev_run(tiny_world):
@@ -53,3 +53,31 @@ def test_fit_validates_zero_shot_and_exports(tiny_world, monkeypatch):
         trained = seen["cli"].model.model
         images = torch.rand(2, 3, 64, 64)
         torch.testing.assert_close(teacher.image_embedding(images), trained.eval().image_embedding(images))
+    assert seen["cli"].model.hparams.hard_negatives == 1  # tiny.yaml trains with hard negatives and short texts
+    assert list((tiny_world / "run" / "logs").glob("version_*/events.out.tfevents.*")), "TensorBoard logs missing"
+    assert list((tiny_world / "run" / "logs").glob("version_*/checkpoints/last.ckpt")), "no last.ckpt"
+
+
+def test_resume_from_last_checkpoint(tiny_world, monkeypatch):
+    """A second fit with ``--ckpt_path last`` and a larger step budget continues from the saved step."""
+    from lightning.pytorch.cli import LightningCLI
+
+    seen = {}
+    original = LightningCLI.__init__
+
+    def keep_cli(self, *a, **k):
+        original(self, *a, **k)
+        seen["cli"] = self
+
+    monkeypatch.setattr(LightningCLI, "__init__", keep_cli)
+    root = tiny_world / "resume"
+    # a fixed logger version keeps the checkpoint folder fixed, as shapeworld.yaml's fixed dirpath does
+    args = ["fit", "--config", "experiments/teacher/tiny.yaml", "--data.data_dir", str(tiny_world / "world"),
+            "--model.tokenizer_path", str(tiny_world / "tokenizer.json"), "--trainer.default_root_dir", str(root),
+            "--trainer.logger.init_args.save_dir", str(root), "--trainer.logger.init_args.version", "0"]
+    main(args)
+    assert (root / "logs" / "version_0" / "checkpoints" / "last.ckpt").exists()
+    assert seen["cli"].trainer.global_step == 4
+    main([*args, "--trainer.max_steps", "6", "--ckpt_path", "last"])
+    assert seen["cli"].trainer.global_step == 6
+    assert str(seen["cli"].trainer.ckpt_path).endswith("last.ckpt")  # restored, not trained from scratch

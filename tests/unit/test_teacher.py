@@ -149,3 +149,127 @@ def test_clip_default_heads_fail_clearly_for_narrow_width(tmp_path):
 def test_clip_missing_file_is_file_not_found(tmp_path):
     with pytest.raises(FileNotFoundError, match="no CLIP weights"):
         ClipTeacher.from_file(str(tmp_path / "missing.pt"))
+
+
+# ------------------------------------------------------------------------------------- hard negatives
+
+
+def test_hard_negative_loss_by_hand_2_images_2_negatives():
+    from arm.teacher.losses import hard_negative_labels, sigmoid_contrastive_loss_with_negatives
+
+    s = 1 / math.sqrt(2)
+    img = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+    pos = torch.tensor([[s, s], [0.0, 1.0]])
+    neg = torch.tensor([[1.0, 0.0], [-s, s]])
+    t, b = 10.0, -10.0
+    # dots of image i with columns [pos0, pos1, neg0, neg1]
+    dots = [[s, 0.0, 1.0, -s], [s, 1.0, 0.0, s]]
+    labels = [[1, -1, -1, -1], [-1, 1, -1, -1]]
+
+    def log_sigmoid(z: float) -> float:
+        return -math.log1p(math.exp(-z))
+
+    expected = -sum(log_sigmoid(labels[i][j] * (t * dots[i][j] + b)) for i in range(2) for j in range(4)) / 2
+    assert hard_negative_labels(2, 2).tolist() == labels
+    got = sigmoid_contrastive_loss_with_negatives(img, pos, neg, torch.tensor(math.log(t)), torch.tensor(b))
+    assert got.item() == pytest.approx(expected, rel=1e-6)
+    # no negatives: exactly the plain SigLIP loss
+    plain = sigmoid_contrastive_loss(img, pos, torch.tensor(math.log(t)), torch.tensor(b))
+    none = sigmoid_contrastive_loss_with_negatives(img, pos, pos[:0], torch.tensor(math.log(t)), torch.tensor(b))
+    assert none.item() == pytest.approx(plain.item(), rel=1e-7)
+
+
+def _scenes(n: int = 200):
+    from arm.data.shapeworld.scene import scene_for
+
+    return [scene_for(0, "train", i) for i in range(n)]
+
+
+def test_perturbed_scene_differs_in_exactly_one_attribute():
+    from arm.data.shapeworld.scene import heldout_combinations
+    from arm.teacher.negatives import negative_rng, perturb_scene
+
+    fields = []
+    for i, scene in enumerate(_scenes()):
+        out, field = perturb_scene(scene, negative_rng(f"train-{i}", 3), shape_prob=0.75)
+        fields.append(field)
+        assert out.background == scene.background and len(out.objects) == len(scene.objects)
+        diffs = [(k, name) for k, (a, b) in enumerate(zip(scene.objects, out.objects))
+                 for name in ("cls", "color", "size", "bbox") if getattr(a, name) != getattr(b, name)]
+        assert len(diffs) == 1, (scene, out)
+        assert diffs[0][1] == {"class": "cls", "color": "color"}[field]
+        assert not heldout_combinations(out)  # train scenes stay train-legal
+    assert 0.6 < fields.count("class") / len(fields) < 0.9  # mostly shape, sometimes colour
+
+
+def test_hard_negative_captions_are_deterministic_and_name_the_change():
+    from arm.data.shapeworld.scene import Scene
+    from arm.teacher.negatives import hard_negative_captions, negative_rng, perturb_scene
+
+    metas = [{"key": f"train-{i}", "scene": s.to_json()} for i, s in enumerate(_scenes(20))]
+    a = hard_negative_captions(metas, step=5, k=2)
+    assert len(a) == 40 and a == hard_negative_captions(metas, step=5, k=2)
+    assert a != hard_negative_captions(metas, step=6, k=2)
+    for m, text in zip(metas, a[:20]):  # the caption describes the perturbed scene's changed object
+        out, field = perturb_scene(Scene.from_json(m["scene"]), negative_rng(m["key"], 5, 0))
+        new = [o for o, p in zip(out.objects, Scene.from_json(m["scene"]).objects) if o != p][0]
+        assert (new.cls if field == "class" else new.color) in text
+
+
+def test_short_pair_names_one_object_and_its_change():
+    from arm.teacher.negatives import negative_rng, perturb_object, short_pair
+
+    made = 0
+    for i, scene in enumerate(_scenes()):
+        pair = short_pair(scene, negative_rng(f"train-{i}", 0, -1))
+        if pair is None:
+            continue
+        made += 1
+        pos, neg = pair
+        _, field, j = perturb_object(scene, negative_rng(f"train-{i}", 0, -1))  # same rng stream, same draw
+        assert pos != neg and len(pos.split()) == len(neg.split())  # same wording, one word changed
+        assert sum(a != b for a, b in zip(pos.split(), neg.split()) if {a, b} != {"a", "an"}) == 1  # "an orange"
+        assert scene.objects[j].cls in pos or scene.objects[j].color in pos
+    assert made > 150  # most scenes give a valid pair
+
+
+def test_training_texts_short_texts_and_negatives():
+    import os
+
+    from arm.data.shapeworld.scene import scene_for
+    from arm.teacher.module import TeacherModule
+
+    tok = "results/demo/tokenizer.json"
+    if not os.path.isfile(tok):
+        pytest.skip("demo tokenizer not built")
+    cfg = TeacherConfig(embed_dim=16, image_dim=32, text_dim=32, image_layers=1, text_layers=1, image_heads=2,
+                        text_heads=2)
+    metas = [{"key": f"k{i}", "scene": scene_for(0, "train", i).to_json(), "caption": f"cap {i}"} for i in range(6)]
+    batch = {"meta": metas, "image": torch.rand(6, 3, 64, 64)}
+    texts, negatives = TeacherModule(tok, cfg, hard_negatives=2).training_texts(batch, step=0)
+    assert texts == [f"cap {i}" for i in range(6)] and len(negatives) == 12
+    module = TeacherModule(tok, cfg, hard_negatives=2, short_text_prob=1.0)
+    texts, short_negs = module.training_texts(batch, step=0)
+    short = [i for i, t in enumerate(texts) if not t.startswith("cap")]
+    assert short and all(len(texts[i].split()) <= 6 for i in short)
+    assert all(len(short_negs[i].split()) == len(texts[i].split()) for i in short)  # same short wording
+    assert short_negs[6:] == negatives[6:]  # the second negative stays a full caption
+    loss = module._train_loss(batch)
+    assert loss.ndim == 0 and torch.isfinite(loss)
+
+
+def test_conv_stem_keeps_token_grid_and_round_trips(tmp_path):
+    import dataclasses
+
+    cfg = dataclasses.replace(TINY, stem="conv")
+    torch.manual_seed(0)
+    model = DualEncoder(cfg).eval()
+    images, ids, mask = _batch()
+    assert model.patch_features(images).shape == (3, 16, 32)
+    save_teacher(model, cfg, str(tmp_path / "t"))
+    loaded = load_teacher(str(tmp_path / "t"))
+    assert loaded.config.stem == "conv"
+    with torch.no_grad():
+        torch.testing.assert_close(model.image_embedding(images), loaded.image_embedding(images), rtol=0, atol=0)
+    with pytest.raises(ValueError, match="unknown stem"):
+        DualEncoder(dataclasses.replace(TINY, stem="nope"))

@@ -5,7 +5,35 @@ cosine decay to zero at ``trainer.max_steps`` (constant after warm-up when there
 streaming loader has no length). Weight decay applies to matrices only, not to norms, biases, the temperature or
 the bias of the loss.
 
-Validation: the loss on val captions, and zero-shot classification as in CLIP/SigLIP: each val image is assigned
+Compositional hard negatives (NegCLIP, Yuksekgonul et al. 2023; ``arm.teacher.negatives``): with
+``hard_negatives`` = K > 0 and a ``scene`` batch, every sample also gets K captions of its own scene with ONE
+attribute of ONE object changed (the class with probability ``hard_negative_shape_prob``, else the colour),
+written by ``text.caption`` with an rng seeded by (sample key, global step, k). They enter the sigmoid loss as K*B
+extra text columns with label -1 for every image (``sigmoid_contrastive_loss_with_negatives``). Why: in a batch of
+128 random scenes colour and position alone identify the caption, so the plain loss never needs shape (measured:
+shape zero-shot 0.21); a negative that differs only in one object's class can only be rejected by seeing shape.
+K = 0 (the default, for real data without scene json) is the plain SigLIP loss.
+
+Short texts: with probability ``short_text_prob`` a training sample's positive is a short GenEval-like text about
+one of its objects ("a photo of a red circle", "an image of a star", "a red shape"; ``negatives.short_pair``)
+instead of its caption, and its first hard negative is the same wording with that object's class or colour
+changed ("a photo of a red square"), so that the zero-shot prompts ("a red shape", "a circle") are in
+distribution. The pair is skipped (full caption kept) when the changed text would still be true of the scene.
+Not the sample's own GenEval prompt: a first version used it (run D of the 2026-11-28 LOG entry) with full-caption
+negatives, and the image then learnt "short text = positive, caption = negative" (hard-negative accuracy fell to
+0.48); a hard negative must share the positive's wording. Short texts in a batch are true of other images more
+often than captions are (false negatives); the sigmoid loss treats each pair alone, so they are only label noise.
+
+Cost: positives and hard negatives go through the text tower together, in length-sorted buckets of 64 padded
+to their own longest text (``_embed_texts_bucketed``; exact, the text tower is causal and pools at the last real
+token), which halves the padded tokens: with K = 1 a step costs ~10-15% more than the plain loss. Patch size
+stays 8: patch 4 measured 2-5x the image-tower cost. ``train/hard_negative_acc`` logs how often an image's
+positive beats its own hard negative(s).
+
+Measured (experiments/LOG.md, 2026-11-28): colour rises to 1.00, but shape stays near chance (0.19-0.26) in the
+450-step budget; this loss alone does not reach the 0.95 shape target.
+
+Validation: the plain loss on val captions (no hard negatives, no short texts, comparable across settings), and zero-shot classification as in CLIP/SigLIP: each val image is assigned
 the prompt ("a red shape", "a circle"...) whose text embedding is closest. The true label needs the scene, so the
 DataModule should run task ``scene`` (the batch then holds the parsed json as ``meta``; training reads the caption
 from it). A val image counts for colour if all its objects share one colour, for shape if all share one class.
@@ -18,17 +46,19 @@ At the end of fit, rank 0 exports ``model.safetensors``, ``config.json`` and ``t
 from __future__ import annotations
 
 import dataclasses
-import math
 import os
 from typing import Any
 
 import lightning as L
 import torch
 
+from arm.data.shapeworld.scene import Scene
 from arm.data.shapeworld.world import CLASSES, COLORS
 from arm.data.text_tokenizer import TextTokenizer
-from arm.teacher.losses import sigmoid_contrastive_loss
+from arm.optim import adamw_warmup_cosine, trainer_total_steps
+from arm.teacher.losses import sigmoid_contrastive_loss, sigmoid_contrastive_loss_with_negatives
 from arm.teacher.model import DualEncoder, TeacherConfig, save_teacher, tokenize_texts
+from arm.teacher.negatives import hard_negative_captions, negative_rng, short_pair
 
 
 def batch_captions(batch: dict[str, Any]) -> list[str]:
@@ -58,6 +88,9 @@ class TeacherModule(L.LightningModule):
         color_prompt: str = "a {} shape",
         shape_prompt: str = "a {}",
         export: bool = True,
+        hard_negatives: int = 0,
+        hard_negative_shape_prob: float = 0.75,
+        short_text_prob: float = 0.0,
     ) -> None:
         """
         Args:
@@ -69,6 +102,9 @@ class TeacherModule(L.LightningModule):
             betas: AdamW betas.
             color_prompt, shape_prompt: zero-shot prompt templates; ``{}`` is replaced by a colour / class name.
             export: write the trained teacher to ``<default_root_dir>/teacher/`` at the end of fit.
+            hard_negatives: one-attribute-changed captions per training image (0 = off; needs task ``scene``).
+            hard_negative_shape_prob: probability that a hard negative changes an object's class, else its colour.
+            short_text_prob: probability that a training positive (and its first hard negative) is a short text.
         """
         super().__init__()
         self.save_hyperparameters()
@@ -92,13 +128,66 @@ class TeacherModule(L.LightningModule):
         return tokenize_texts(self.tokenizer, texts, self.config.max_text_len, self.device)
 
     def _loss(self, batch: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
-        """Sigmoid loss of the batch and its image embeddings (B, E)."""
+        """Plain sigmoid loss of the batch's captions and its image embeddings (B, E)."""
         ids, mask = self._encode(batch_captions(batch))
         img, txt = self.model(batch["image"], ids, mask)
         return sigmoid_contrastive_loss(img, txt, self.model.logit_scale, self.model.logit_bias), img
 
+    def training_texts(self, batch: dict[str, Any], step: int) -> tuple[list[str], list[str]]:
+        """Positive texts (B) and hard-negative captions (K*B, negative-major) of a training batch."""
+        texts = batch_captions(batch)
+        metas = batch.get("meta")
+        if metas is None:
+            if self.hparams.hard_negatives or self.hparams.short_text_prob:
+                raise ValueError("hard_negatives / short_text_prob need the scene json: use data task 'scene'")
+            return texts, []
+        k, shape_prob = self.hparams.hard_negatives, self.hparams.hard_negative_shape_prob
+        negatives = hard_negative_captions(metas, step, k, shape_prob) if k else []
+        if self.hparams.short_text_prob > 0:
+            for i, m in enumerate(metas):
+                rng = negative_rng(str(m.get("key", m.get("index", i))), step, -1)
+                if rng.random() >= self.hparams.short_text_prob:
+                    continue
+                pair = short_pair(Scene.from_json(m["scene"]), rng, shape_prob)
+                if pair is not None:
+                    texts[i] = pair[0]
+                    if k:
+                        negatives[i] = pair[1]  # the first hard negative in the same short wording
+        return texts, negatives
+
+    def _train_loss(self, batch: dict[str, Any]) -> torch.Tensor:
+        texts, negatives = self.training_texts(batch, self.global_step)
+        if not negatives and not self.hparams.short_text_prob:
+            return self._loss(batch)[0]
+        n = len(texts)
+        img = self.model.image_embedding(batch["image"])
+        txt = self._embed_texts_bucketed(texts + negatives)
+        scale, bias = self.model.logit_scale, self.model.logit_bias
+        if not negatives:
+            return sigmoid_contrastive_loss(img, txt, scale, bias)
+        with torch.no_grad():  # how often the image prefers its caption to its own hard negative(s)
+            pos = (img * txt[:n]).sum(-1)
+            neg = (img.repeat(len(negatives) // n, 1) * txt[n:]).sum(-1).view(-1, n)
+            self.log("train/hard_negative_acc", (pos > neg).float().mean(), batch_size=n)
+        return sigmoid_contrastive_loss_with_negatives(img, txt[:n], txt[n:], scale, bias)
+
+    def _embed_texts_bucketed(self, texts: list[str], bucket: int = 64) -> torch.Tensor:
+        """Text embeddings (N, E) computed in length-sorted buckets, each padded only to its own longest text.
+
+        Exact: the text tower is causal and pools at the last real token, so right padding never changes a real
+        position. With 2B texts of ~27 tokens padded to ~56 this halves the text tower's tokens."""
+        ids, mask = self._encode(texts)
+        lengths = mask.sum(dim=1)
+        order = torch.argsort(lengths)
+        out = torch.empty(len(texts), self.config.embed_dim, device=self.device)
+        for start in range(0, len(texts), bucket):
+            idx = order[start:start + bucket]
+            width = int(lengths[idx].max())
+            out[idx] = self.model.text_embedding(ids[idx, :width], mask[idx, :width])
+        return out
+
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
-        loss, _ = self._loss(batch)
+        loss = self._train_loss(batch)
         n = batch["image"].shape[0]
         self.log("train/loss", loss, prog_bar=True, batch_size=n)
         self.log("train/logit_scale", self.model.logit_scale.exp().detach(), batch_size=n)
@@ -139,24 +228,9 @@ class TeacherModule(L.LightningModule):
     # -------------------------------------------------------------------------------------- optimizer
 
     def configure_optimizers(self) -> dict[str, Any]:
-        decay = [p for p in self.model.parameters() if p.ndim >= 2]
-        no_decay = [p for p in self.model.parameters() if p.ndim < 2]
-        opt = torch.optim.AdamW([{"params": decay, "weight_decay": self.hparams.weight_decay},
-                                 {"params": no_decay, "weight_decay": 0.0}],
-                                lr=self.hparams.lr, betas=tuple(self.hparams.betas))
-        warmup = max(1, self.hparams.warmup_steps)
-        total = self.trainer.max_steps if self.trainer is not None and self.trainer.max_steps > 0 else None
-
-        def factor(step: int) -> float:
-            if step < warmup:
-                return (step + 1) / warmup
-            if total is None or total <= warmup:
-                return 1.0
-            progress = min(1.0, (step - warmup) / (total - warmup))
-            return 0.5 * (1.0 + math.cos(math.pi * progress))
-
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, factor)
-        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+        hp = self.hparams
+        return adamw_warmup_cosine(self.model.parameters(), hp.lr, hp.weight_decay, hp.betas, hp.warmup_steps,
+                                   trainer_total_steps(self))
 
     # ----------------------------------------------------------------------------------------- export
 
