@@ -273,3 +273,17 @@ def test_conv_stem_keeps_token_grid_and_round_trips(tmp_path):
         torch.testing.assert_close(model.image_embedding(images), loaded.image_embedding(images), rtol=0, atol=0)
     with pytest.raises(ValueError, match="unknown stem"):
         DualEncoder(dataclasses.replace(TINY, stem="nope"))
+
+
+def test_hard_negative_ranking_loss_hand_computed():
+    import math
+
+    from arm.teacher.losses import hard_negative_ranking_loss
+
+    img = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+    pos = torch.tensor([[1.0, 0.0], [1.0, 0.0]])  # image 0 matches its caption, image 1 is orthogonal to it
+    neg = torch.tensor([[0.0, 1.0], [0.0, 1.0]])  # K = 1: image 0's negative is orthogonal, image 1's matches
+    scale = torch.tensor(math.log(10.0))
+    # image 0: logits (10, 0) -> log(1 + e^-10); image 1: logits (0, 10) -> log(1 + e^10)
+    expected = (math.log1p(math.exp(-10)) + math.log1p(math.exp(10))) / 2
+    assert hard_negative_ranking_loss(img, pos, neg, scale).item() == pytest.approx(expected, rel=1e-5)

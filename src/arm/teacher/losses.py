@@ -47,3 +47,15 @@ def sigmoid_contrastive_loss_with_negatives(img_emb: torch.Tensor, txt_emb: torc
     """Positives ``txt_emb`` (B, E) plus M hard-negative texts ``neg_emb`` (M, E), negative for every image."""
     labels = hard_negative_labels(img_emb.shape[0], neg_emb.shape[0], img_emb.device, img_emb.dtype)
     return sigmoid_loss_from_labels(img_emb, torch.cat([txt_emb, neg_emb]), labels, logit_scale, logit_bias)
+
+
+def hard_negative_ranking_loss(img_emb: torch.Tensor, pos_emb: torch.Tensor, neg_emb: torch.Tensor,
+                               logit_scale: torch.Tensor) -> torch.Tensor:
+    """NegCLIP-style ranking (Yuksekgonul et al. 2023): per image, softmax cross-entropy over its own caption and
+    its K hard negatives. ``img_emb``/``pos_emb`` (B, E), ``neg_emb`` (K*B, E) ordered negative-major (row k*B + i is
+    image i's k-th negative), all L2-normalised; logits are ``exp(logit_scale) * cosine``."""
+    n = img_emb.shape[0]
+    pos = (img_emb * pos_emb).sum(-1)  # (B,)
+    neg = (img_emb.repeat(neg_emb.shape[0] // n, 1) * neg_emb).sum(-1).view(-1, n)  # (K, B)
+    logits = torch.cat([pos[None], neg]).T * logit_scale.exp()  # (B, 1 + K): own caption first
+    return F.cross_entropy(logits, torch.zeros(n, dtype=torch.long, device=logits.device))

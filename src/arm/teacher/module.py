@@ -56,7 +56,11 @@ from arm.data.shapeworld.scene import Scene
 from arm.data.shapeworld.world import CLASSES, COLORS
 from arm.data.text_tokenizer import TextTokenizer
 from arm.optim import adamw_warmup_cosine, trainer_total_steps
-from arm.teacher.losses import sigmoid_contrastive_loss, sigmoid_contrastive_loss_with_negatives
+from arm.teacher.losses import (
+    hard_negative_ranking_loss,
+    sigmoid_contrastive_loss,
+    sigmoid_contrastive_loss_with_negatives,
+)
 from arm.teacher.model import DualEncoder, TeacherConfig, save_teacher, tokenize_texts
 from arm.teacher.negatives import hard_negative_captions, negative_rng, short_pair
 
@@ -91,6 +95,7 @@ class TeacherModule(L.LightningModule):
         hard_negatives: int = 0,
         hard_negative_shape_prob: float = 0.75,
         short_text_prob: float = 0.0,
+        hard_negative_weight: float = 0.0,
     ) -> None:
         """
         Args:
@@ -105,6 +110,9 @@ class TeacherModule(L.LightningModule):
             hard_negatives: one-attribute-changed captions per training image (0 = off; needs task ``scene``).
             hard_negative_shape_prob: probability that a hard negative changes an object's class, else its colour.
             short_text_prob: probability that a training positive (and its first hard negative) is a short text.
+            hard_negative_weight: weight of a NegCLIP-style ranking term: per image, softmax cross-entropy over
+                its caption and its K hard negatives (the sigmoid loss alone gives each hard negative one term
+                among B + K*B, too weak a signal to learn shape in a short schedule; see experiments/LOG.md).
         """
         super().__init__()
         self.save_hyperparameters()
@@ -166,10 +174,15 @@ class TeacherModule(L.LightningModule):
         if not negatives:
             return sigmoid_contrastive_loss(img, txt, scale, bias)
         with torch.no_grad():  # how often the image prefers its caption to its own hard negative(s)
-            pos = (img * txt[:n]).sum(-1)
-            neg = (img.repeat(len(negatives) // n, 1) * txt[n:]).sum(-1).view(-1, n)
+            pos = (img * txt[:n]).sum(-1)  # (B,)
+            neg = (img.repeat(len(negatives) // n, 1) * txt[n:]).sum(-1).view(-1, n)  # (K, B)
             self.log("train/hard_negative_acc", (pos > neg).float().mean(), batch_size=n)
-        return sigmoid_contrastive_loss_with_negatives(img, txt[:n], txt[n:], scale, bias)
+        loss = sigmoid_contrastive_loss_with_negatives(img, txt[:n], txt[n:], scale, bias)
+        if self.hparams.hard_negative_weight > 0:
+            ranking = hard_negative_ranking_loss(img, txt[:n], txt[n:], scale)
+            self.log("train/hard_negative_ranking", ranking.detach(), batch_size=n)
+            loss = loss + self.hparams.hard_negative_weight * ranking
+        return loss
 
     def _embed_texts_bucketed(self, texts: list[str], bucket: int = 64) -> torch.Tensor:
         """Text embeddings (N, E) computed in length-sorted buckets, each padded only to its own longest text.
