@@ -233,15 +233,17 @@ def test_short_pair_names_one_object_and_its_change():
     assert made > 150  # most scenes give a valid pair
 
 
-def test_training_texts_short_texts_and_negatives():
-    import os
+def test_training_texts_short_texts_and_negatives(tmp_path):
+    import random
 
     from arm.data.shapeworld.scene import scene_for
+    from arm.data.shapeworld.text import caption
+    from arm.data.text_tokenizer import train_text_tokenizer
     from arm.teacher.module import TeacherModule
 
-    tok = "results/demo/tokenizer.json"
-    if not os.path.isfile(tok):
-        pytest.skip("demo tokenizer not built")
+    tok = str(tmp_path / "tokenizer.json")
+    rng = random.Random(0)
+    train_text_tokenizer([caption(scene_for(0, "train", i), rng) for i in range(200)], 300, tok)
     cfg = TeacherConfig(embed_dim=16, image_dim=32, text_dim=32, image_layers=1, text_layers=1, image_heads=2,
                         text_heads=2)
     metas = [{"key": f"k{i}", "scene": scene_for(0, "train", i).to_json(), "caption": f"cap {i}"} for i in range(6)]
