@@ -78,8 +78,12 @@ def test_overfits_four_images():
     assert final < 0.5 * initial, (initial, final)
 
 
-def test_euler_reaches_x1_for_exact_velocity(monkeypatch):
+@pytest.mark.parametrize("prediction", ["v", "x"])
+def test_euler_reaches_x1_for_exact_prediction(monkeypatch, prediction):
+    import dataclasses
+
     model = _tiny()
+    model.config = dataclasses.replace(model.config, prediction=prediction)
     cond = torch.randn(2, 16, 12)
     x1 = torch.rand(2, 3, 16, 16) * 2 - 1
     x0 = torch.randn(2, 3, 16, 16, generator=torch.Generator().manual_seed(7))  # what sample() will draw
@@ -87,7 +91,8 @@ def test_euler_reaches_x1_for_exact_velocity(monkeypatch):
 
     def exact(x_t, t, c, drop=None):
         seen_t.append(t[0].item())
-        return x1 - x0  # the straight path's constant velocity
+        # the straight path's constant velocity, or the clean image it leads to
+        return x1 - x0 if prediction == "v" else x1
 
     monkeypatch.setattr(model, "forward", exact)
     for steps in (1, 3, 10):
@@ -114,8 +119,8 @@ def test_cfg_combination():
     _randomise(model)
     x, t, cond = torch.randn(2, 3, 16, 16), torch.rand(2), torch.randn(2, 16, 12)
     with torch.no_grad():
-        v_cond = model(x, t, cond)
-        v_uncond = model(x, t, cond, drop=torch.ones(2, dtype=torch.bool))
+        v_cond = model.predict_velocity(x, t, cond)
+        v_uncond = model.predict_velocity(x, t, cond, drop=torch.ones(2, dtype=torch.bool))
         torch.testing.assert_close(model.velocity(x, t, cond, 1.0), v_cond, rtol=0, atol=0)
         # the batched two-branch path equals the two separate forwards
         torch.testing.assert_close(model.velocity(x, t, cond, 1.0 + 1e-9), v_cond, atol=1e-5, rtol=1e-5)
@@ -158,3 +163,20 @@ def test_bench_helpers_run_on_a_tiny_config():
                                   warmup=0, repeats=1)
         assert row["train_img_s"] > 0 and row["sample_img_s"] > 0 and row["tokens"] == 16
     assert bench_projection(feature_dim=12, tokens=4, batch=2, warmup=0, repeats=1)["train_img_s"] > 0
+
+
+def test_x_prediction_velocity_is_derived_from_the_clean_image():
+    """With prediction "x" the velocity is (x_hat - x_t) / (1 - t): hand-checked with a stubbed network."""
+    model = PixelDiT(8, PixelDiTConfig(image_size=16, patch_size=4, dim=48, num_layers=1, num_heads=2,
+                                       prediction="x"))
+    x_hat = torch.rand(2, 3, 16, 16) * 2 - 1
+    model.forward = lambda x_t, t, cond, drop=None: x_hat  # the "network" predicts this clean image
+    x_t = torch.randn(2, 3, 16, 16)
+    t = torch.tensor([0.25, 0.5])
+    v = model.predict_velocity(x_t, t, torch.zeros(2, 16, 8))
+    torch.testing.assert_close(v[0], (x_hat[0] - x_t[0]) / 0.75)
+    torch.testing.assert_close(v[1], (x_hat[1] - x_t[1]) / 0.5)
+    # an exact clean-image prediction integrates to that image from any start in one Euler step from t = 0
+    x0 = torch.randn(2, 3, 16, 16)
+    v0 = model.predict_velocity(x0, torch.zeros(2), torch.zeros(2, 16, 8))
+    torch.testing.assert_close(x0 + v0, x_hat)

@@ -43,6 +43,9 @@ from torch import nn
 
 from arm.nn import Attention, SwiGLU
 
+X_PRED_MIN_GAP = 0.05
+"""Smallest 1 - t used to turn an x-prediction into a velocity."""
+
 
 @dataclass
 class PixelDiTConfig:
@@ -57,6 +60,10 @@ class PixelDiTConfig:
         num_heads: attention heads; must divide ``dim``.
         mlp_hidden: SwiGLU hidden width; ``None`` = 8/3 * dim rounded up to a multiple of 8.
         time_sampling: "logit_normal" (SD3) or "uniform" training distribution of t.
+        prediction: what the network outputs: "v", the velocity itself, or "x", the clean image, from which the
+            velocity is derived as (x_hat - x_t) / (1 - t) (Li & He 2025, "Back to Basics: Let Denoising
+            Generative Models Denoise"); the loss is on the velocity either way. With patches as wide as the
+            model ("width rule" above) a v-network must carry the noise through itself; an x-network need not.
         time_freq_dim: width of the sinusoidal timestep features before the MLP.
     """
 
@@ -68,6 +75,7 @@ class PixelDiTConfig:
     num_heads: int = 4
     mlp_hidden: int | None = None
     time_sampling: str = "logit_normal"
+    prediction: str = "x"
     time_freq_dim: int = 256
 
     @property
@@ -129,6 +137,8 @@ class PixelDiT(nn.Module):
         super().__init__()
         if config.image_size % config.patch_size:
             raise ValueError(f"image_size {config.image_size} is not a multiple of patch_size {config.patch_size}")
+        if config.prediction not in ("v", "x"):
+            raise ValueError(f"prediction must be 'v' or 'x', got {config.prediction!r}")
         if config.time_sampling not in ("logit_normal", "uniform"):
             raise ValueError(f"time_sampling must be 'logit_normal' or 'uniform', got {config.time_sampling!r}")
         self.config, self.cond_dim = config, cond_dim
@@ -203,17 +213,26 @@ class PixelDiT(nn.Module):
         drop = None
         if cond_drop_prob > 0:
             drop = torch.rand(B, device=device, generator=generator) < cond_drop_prob  # (B,)
-        v = self(x_t, t, cond, drop)
+        v = self.predict_velocity(x_t, t, cond, drop)
         return F.mse_loss(v.float(), x1 - x0)
+
+    def predict_velocity(self, x_t: torch.Tensor, t: torch.Tensor, cond: torch.Tensor,
+                         drop: torch.Tensor | None = None) -> torch.Tensor:
+        """The velocity (B, C, H, W) under the configured parameterisation (see ``PixelDiTConfig.prediction``)."""
+        out = self(x_t, t, cond, drop)
+        if self.config.prediction == "v":
+            return out
+        # 1 - t is floored so the division stays bounded as t -> 1 (t is never 1 in training or sampling).
+        return (out.float() - x_t.float()) / (1 - t.float()).clamp_min(X_PRED_MIN_GAP)[:, None, None, None]
 
     # ---- sampling ----
     def velocity(self, x: torch.Tensor, t: torch.Tensor, cond: torch.Tensor, cfg_scale: float = 1.0) -> torch.Tensor:
         """Guided velocity v_uncond + s (v_cond - v_uncond); s == 1 runs the conditional branch only."""
         if cfg_scale == 1.0:
-            return self(x, t, cond)
+            return self.predict_velocity(x, t, cond)
         B = x.shape[0]
         drop = torch.arange(2 * B, device=x.device) >= B  # first half conditional, second half null
-        v = self(torch.cat([x, x]), torch.cat([t, t]), torch.cat([cond, cond]), drop)
+        v = self.predict_velocity(torch.cat([x, x]), torch.cat([t, t]), torch.cat([cond, cond]), drop)
         v_cond, v_uncond = v[:B], v[B:]
         return v_uncond + cfg_scale * (v_cond - v_uncond)
 
