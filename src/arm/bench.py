@@ -4,10 +4,12 @@ Absolute times on a shared 2-core machine are noisy; each entry therefore also r
 baseline timed in the same process, right next to it. ``make bench`` runs this under the glibc allocator settings
 of ``../shared/stack.md`` (see the Makefile) so decode loops do not fault pages back in each step.
 
-Entries so far (later issues add tokenizer, AR training/sampling and RL rollouts):
+Entries so far (later issues add AR training/sampling and RL rollouts):
 - world generation: samples/s with 1 and 2 worker processes (ratio = parallel speed-up);
 - PNG encoding: the hand-written encoder against PIL's at the same zlib level (ratio = speed-up);
-- detector: images/s on clean test scenes.
+- detector: images/s on clean test scenes;
+- tokenizer (embedded-default sizes, random weights): encode and decode images/s, pixel-DiT training images/s in
+  fp32 and bf16 autocast.
 """
 
 from __future__ import annotations
@@ -76,6 +78,39 @@ def bench_detector(num: int = 1000) -> dict:
     return {"img_per_s": _rate(lambda: [detect(im) for im in images], num, repeats=2)}
 
 
+def bench_tokenizer(batch: int = 64, decode_steps: int = 10) -> dict:
+    """The embedded-default tokenizer's sizes (from the shipped YAMLs) with random weights: encode img/s
+    (teacher patch features + projection + FSQ), decode img/s (``decode_steps`` Euler steps of the pixel DiT),
+    and the pixel DiT's training img/s (fwd + bwd + AdamW, the tokenizer step's dominant cost), fp32 and bf16."""
+    import torch
+    import yaml
+
+    from arm.nn import TransformerConfig
+    from arm.teacher.model import DualEncoder, TeacherConfig
+    from arm.tokenizer.bench import bench_pixel_decoder
+    from arm.tokenizer.model import SemanticTokenizer, TokenizerConfig
+    from arm.tokenizer.pixel_decoder import PixelDiTConfig
+
+    root = Path(__file__).resolve().parents[2] / "experiments"
+    teacher_cfg = yaml.safe_load((root / "teacher" / "shapeworld.yaml").read_text())["model"]["config"]
+    tok = yaml.safe_load((root / "tokenizer" / "shapeworld.yaml").read_text())["model"]
+    teacher = DualEncoder(TeacherConfig(**{**teacher_cfg, "vocab_size": 1024})).eval()
+    config = TokenizerConfig(levels=tok["levels"], projection=TransformerConfig(**tok["projection"]),
+                             decoder=PixelDiTConfig(**tok["decoder"]), feature_dim=teacher.config.image_dim,
+                             text_embed_dim=teacher.config.embed_dim)
+    model = SemanticTokenizer(config).eval()
+    images = torch.rand(batch, 3, config.decoder.image_size, config.decoder.image_size)
+    with torch.no_grad():
+        indices = model.quantize(teacher.patch_features(images))[1]
+    encode = _rate(lambda: model.quantize(teacher.patch_features(images)), batch)
+    decode = _rate(lambda: model.decode_indices(indices, steps=decode_steps), batch, repeats=2)
+    train = {str(dtype).replace("torch.", ""): bench_pixel_decoder(config.decoder, cond_dim=config.feature_dim,
+                                                                     batch=32, dtype=dtype)
+             for dtype in (torch.float32, torch.bfloat16)}
+    return {"encode_img_per_s": encode, "decode_img_per_s": decode, "decode_steps": decode_steps,
+            "pixel_decoder_train": train, "codebook_size": config.codebook_size}
+
+
 def run_bench(out: str = "results/bench.json") -> dict:
     import torch
 
@@ -86,6 +121,7 @@ def run_bench(out: str = "results/bench.json") -> dict:
         "world": bench_world(),
         "png": bench_png(),
         "detector": bench_detector(),
+        "tokenizer": bench_tokenizer(),
     }
     Path(out).parent.mkdir(parents=True, exist_ok=True)
     Path(out).write_text(json.dumps(report, indent=2) + "\n")
