@@ -73,7 +73,7 @@ def world_scenes(n: int, split: str = "train") -> list[Scene]:
 
 def assert_valid(scene: Scene) -> None:
     scene.validate()
-    assert 1 <= len(scene.objects) <= MAX_OBJECTS
+    assert len(scene.objects) >= 1 and len(scene.objects) <= MAX_OBJECTS
     for o in scene.objects:
         x0, y0, x1, y1 = o.bbox
         assert 0 <= x0 < x1 <= RES and 0 <= y0 < y1 <= RES
