@@ -22,21 +22,18 @@ weight decay, when set, applies to matrices only.
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
-import shutil
 from typing import Any
 
 import lightning as L
 import torch
-from safetensors.torch import load_file, save
 
 from arm.ar.model import ARConfig, ARDecoder, lm_loss
 from arm.data.text_tokenizer import TextTokenizer
-from arm.io import write_atomic
+from arm.io import read_export, save_export
 from arm.optim import adamw_warmup_cosine, trainer_total_steps
 
-WEIGHTS_FILE, CONFIG_FILE, TOKENIZER_FILE = "model.safetensors", "config.json", "tokenizer.json"
+TOKENIZER_FILE = "tokenizer.json"
 CREATE_COMMAND = "arm lm fit --config experiments/lm/shapeworld.yaml"
 
 
@@ -134,31 +131,18 @@ class CaptionLMModule(L.LightningModule):
 
 def save_lm(model: ARDecoder, directory: str, tokenizer_path: str | None = None) -> str:
     """Write ``model.safetensors``, ``config.json`` (and a copy of the tokenizer) into ``directory``, atomically."""
-    os.makedirs(directory, exist_ok=True)
-    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    write_atomic(os.path.join(directory, WEIGHTS_FILE), save(state))
     meta = {"ar_config": dataclasses.asdict(model.config), "tokenizer_path": tokenizer_path}
+    copies = {}
     if tokenizer_path:
-        target = os.path.join(directory, TOKENIZER_FILE)
-        tmp = target + ".tmp"
-        shutil.copyfile(tokenizer_path, tmp)
-        os.replace(tmp, target)
+        copies[TOKENIZER_FILE] = tokenizer_path
         meta["tokenizer"] = TOKENIZER_FILE
-    write_atomic(os.path.join(directory, CONFIG_FILE), (json.dumps(meta, indent=2) + "\n").encode())
-    for name in (WEIGHTS_FILE, CONFIG_FILE):  # mkstemp creates 0600 files; exports are meant to be shared
-        os.chmod(os.path.join(directory, name), 0o644)
-    return directory
+    return save_export(directory, model, meta, copies)
 
 
 def load_lm(directory: str, device: torch.device | str = "cpu") -> tuple[ARDecoder, ARConfig]:
     """The exported caption LM in ``directory`` (safetensors only), in eval mode."""
-    weights, config_path = os.path.join(directory, WEIGHTS_FILE), os.path.join(directory, CONFIG_FILE)
-    for path in (config_path, weights):
-        if not os.path.isfile(path):
-            raise FileNotFoundError(f"no caption LM at {directory!r} (missing {os.path.basename(path)}); "
-                                    f"create it with `{CREATE_COMMAND}`")
-    with open(config_path) as f:
-        config = ARConfig(**json.load(f)["ar_config"])
+    state, meta = read_export(directory, "caption LM", CREATE_COMMAND)
+    config = ARConfig(**meta["ar_config"])
     model = ARDecoder(config)
-    model.load_state_dict(load_file(weights, device="cpu"))
+    model.load_state_dict(state)
     return model.to(device).eval(), config

@@ -15,19 +15,15 @@ Deliberate simplifications against SigLIP(2):
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import os
-import shutil
-import tempfile
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from safetensors.torch import load_file, save_file
 from torch import nn
 
+from arm.io import read_export, save_export
 from arm.nn import Transformer, TransformerConfig
 
 
@@ -166,48 +162,23 @@ def tokenize_texts(tokenizer, texts: list[str], max_len: int, device: torch.devi
 
 # ------------------------------------------------------------------------------------------ save / load
 
-WEIGHTS_FILE = "model.safetensors"
-CONFIG_FILE = "config.json"
 TOKENIZER_FILE = "tokenizer.json"
 TRAIN_COMMAND = "arm teacher fit --config experiments/teacher/shapeworld.yaml"
 
 
-def _atomic_write(path: str, write) -> None:
-    """Write through a temp file in the same directory and ``os.replace``, so a reader never sees half a file."""
-    fd, tmp = tempfile.mkstemp(prefix=".teacher-", suffix=".tmp", dir=os.path.dirname(os.path.abspath(path)))
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
 def save_teacher(model: DualEncoder, config: TeacherConfig, directory: str, tokenizer_path: str | None = None) -> str:
     """Write ``model.safetensors`` and ``config.json`` (and a copy of the text tokenizer) into ``directory``."""
-    os.makedirs(directory, exist_ok=True)
-    state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
-    _atomic_write(os.path.join(directory, WEIGHTS_FILE), lambda p: save_file(state, p))
-    text = json.dumps(dataclasses.asdict(config), indent=2) + "\n"
-    _atomic_write(os.path.join(directory, CONFIG_FILE), lambda p: Path(p).write_text(text))
-    if tokenizer_path is not None:
-        _atomic_write(os.path.join(directory, TOKENIZER_FILE), lambda p: shutil.copyfile(tokenizer_path, p))
-    return directory
+    copies = {TOKENIZER_FILE: tokenizer_path} if tokenizer_path is not None else None
+    return save_export(directory, model, dataclasses.asdict(config), copies)
 
 
 def load_teacher(directory: str) -> DualEncoder:
     """A ``DualEncoder`` (eval mode) from a folder written by ``save_teacher``; ``.config`` holds its config and,
     when the folder has ``tokenizer.json``, ``.tokenizer`` the text tokenizer (else ``None``)."""
-    weights, cfg = os.path.join(directory, WEIGHTS_FILE), os.path.join(directory, CONFIG_FILE)
-    for path in (weights, cfg):
-        if not os.path.isfile(path):
-            raise FileNotFoundError(f"no teacher file {path!r}; train and export one with `{TRAIN_COMMAND}`")
-    with open(cfg) as f:
-        config = TeacherConfig(**json.load(f))
+    state, meta = read_export(directory, "teacher", TRAIN_COMMAND)
+    config = TeacherConfig(**meta)
     model = DualEncoder(config)
-    model.load_state_dict(load_file(weights))
+    model.load_state_dict(state)
     tok = os.path.join(directory, TOKENIZER_FILE)
     if os.path.isfile(tok):
         from arm.data.text_tokenizer import TextTokenizer

@@ -52,7 +52,7 @@ from typing import Any
 import lightning as L
 import torch
 
-from arm.data.shapeworld.scene import Scene
+from arm.data.shapeworld.scene import Scene, scene_label
 from arm.data.shapeworld.world import CLASSES, COLORS
 from arm.data.text_tokenizer import TextTokenizer
 from arm.optim import adamw_warmup_cosine, trainer_total_steps
@@ -72,12 +72,6 @@ def batch_captions(batch: dict[str, Any]) -> list[str]:
     if "meta" in batch:
         return [m["caption"] for m in batch["meta"]]
     raise ValueError(f"teacher batches need 'text' (task caption) or 'meta' (task scene); got {sorted(batch)}")
-
-
-def scene_label(meta: dict, field: str) -> str | None:
-    """The one value of ``field`` ("color" or "class") shared by all objects of a scene, else ``None``."""
-    values = {o[field] for o in meta["scene"]["objects"]}
-    return values.pop() if len(values) == 1 else None
 
 
 class TeacherModule(L.LightningModule):

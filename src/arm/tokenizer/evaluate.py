@@ -10,6 +10,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from arm.data.shapeworld.scene import scene_label
 from arm.data.shapeworld.world import CLASSES, COLORS
 from arm.tokenizer.metrics import (
     code_histogram,
@@ -22,12 +23,6 @@ from arm.tokenizer.metrics import (
 
 COLOR_PROMPT, SHAPE_PROMPT = "a {} shape", "a {}"
 """Zero-shot prompts, the same ones the teacher's own zero-shot metric uses."""
-
-
-def scene_label(meta: dict, field: str) -> str | None:
-    """The one value of ``field`` ("color" or "class") shared by all objects of a scene, else ``None``."""
-    values = {o[field] for o in meta["scene"]["objects"]}
-    return values.pop() if len(values) == 1 else None
 
 
 class TokenizerEvaluator:

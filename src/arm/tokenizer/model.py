@@ -12,22 +12,19 @@ into the caption LM's embedding space. The frozen teacher and caption LM are not
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import os
 from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
-from safetensors.torch import load_file, save
 from torch import nn
 
-from arm.io import write_atomic
+from arm.io import read_export, save_export
 from arm.nn import TransformerConfig
 from arm.tokenizer.pixel_decoder import PixelDiT, PixelDiTConfig
 from arm.tokenizer.projection import CodeProjection
 
-WEIGHTS_FILE, CONFIG_FILE = "model.safetensors", "config.json"
 CREATE_COMMAND = "arm tokenizer fit --config experiments/tokenizer/shapeworld.yaml"
 
 
@@ -104,26 +101,16 @@ class SemanticTokenizer(nn.Module):
 
 def save_tokenizer(model: SemanticTokenizer, directory: str, teacher_dir: str, lm_dir: str | None) -> str:
     """Write ``model.safetensors`` and ``config.json`` (sizes + the teacher/LM paths) into ``directory``."""
-    os.makedirs(directory, exist_ok=True)
-    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    write_atomic(os.path.join(directory, WEIGHTS_FILE), save(state))
     meta = {"tokenizer_config": model.config.to_json(), "teacher_dir": os.path.abspath(teacher_dir),
             "lm_dir": os.path.abspath(lm_dir) if lm_dir else None}
-    write_atomic(os.path.join(directory, CONFIG_FILE), (json.dumps(meta, indent=2) + "\n").encode())
-    return directory
+    return save_export(directory, model, meta)
 
 
 def load_tokenizer(directory: str) -> tuple[SemanticTokenizer, dict]:
     """The exported tokenizer (safetensors only) in eval mode, and its config.json."""
-    weights, config_path = os.path.join(directory, WEIGHTS_FILE), os.path.join(directory, CONFIG_FILE)
-    for path in (config_path, weights):
-        if not os.path.isfile(path):
-            raise FileNotFoundError(f"no tokenizer at {directory!r} (missing {os.path.basename(path)}); "
-                                    f"create it with `{CREATE_COMMAND}`")
-    with open(config_path) as f:
-        meta = json.load(f)
+    state, meta = read_export(directory, "tokenizer", CREATE_COMMAND)
     model = SemanticTokenizer(TokenizerConfig.from_json(meta["tokenizer_config"]))
-    model.load_state_dict(load_file(weights, device="cpu"))
+    model.load_state_dict(state)
     return model.eval(), meta
 
 

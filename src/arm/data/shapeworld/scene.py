@@ -147,6 +147,12 @@ def boxes_clear(a: Sequence[int], b: Sequence[int], gap: int = MIN_GAP_PX) -> bo
     return a[2] + gap <= b[0] or b[2] + gap <= a[0] or a[3] + gap <= b[1] or b[3] + gap <= a[1]
 
 
+def scene_label(meta: dict, field: str) -> str | None:
+    """The one value of ``field`` ("color" or "class") shared by all objects of a sample's scene, else ``None``."""
+    values = {o[field] for o in meta["scene"]["objects"]}
+    return values.pop() if len(values) == 1 else None
+
+
 # ------------------------------------------------------------------------------------------ split policy
 
 
