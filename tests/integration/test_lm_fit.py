@@ -8,23 +8,13 @@ import torch
 from arm.ar.lm_cli import main
 from arm.ar.lm_module import encode_captions, load_lm
 from arm.ar.model import ARConfig, ARDecoder, lm_loss, prefix_caption_loss
-from arm.data.shapeworld.writer import write_world
-from arm.data.text_tokenizer import TextTokenizer, build_text_tokenizer
-
-
-@pytest.fixture(scope="module")
-def tiny_world(tmp_path_factory):
-    root = tmp_path_factory.mktemp("lm_world")
-    write_world(str(root / "world"), num_train=64, num_val=32, num_test=0, seed=0, shard_size=32, workers=1,
-                bench=False, progress=False)
-    build_text_tokenizer(str(root / "world"), str(root / "tokenizer.json"), vocab_size=300)
-    return root
+from arm.data.text_tokenizer import TextTokenizer
 
 
 def _args(root, *extra: str) -> list[str]:
     return ["fit", "--config", "experiments/lm/tiny.yaml", "--data.data_dir", str(root / "world"),
             "--model.tokenizer_path", str(root / "tokenizer.json"), "--trainer.default_root_dir",
-            str(root / "run"), *extra]
+            str(root / "run_lm"), *extra]
 
 
 def test_fast_dev_run(tiny_world):
@@ -50,8 +40,8 @@ def test_fit_logs_and_exports(tiny_world):
     for key in ("train/loss", "val/loss", "val/ppl"):
         assert key in metrics, key
     assert float(metrics["val/ppl"]) > 1.0 and float(metrics["val/ppl"]) < 400
-    lm, config = load_lm(str(tiny_world / "run" / "lm"))
-    assert (tiny_world / "run" / "lm" / "tokenizer.json").is_file()
+    lm, config = load_lm(str(tiny_world / "run_lm" / "lm"))
+    assert (tiny_world / "run_lm" / "lm" / "tokenizer.json").is_file()
     trained = seen["cli"].model.model.eval()
     assert config == trained.config and config.text_vocab_size == TextTokenizer.from_file(
         str(tiny_world / "tokenizer.json")).vocab_size

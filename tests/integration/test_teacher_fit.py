@@ -2,28 +2,16 @@
 
 from __future__ import annotations
 
-import pytest
 import torch
 
-from arm.data.shapeworld.writer import write_world
-from arm.data.text_tokenizer import build_text_tokenizer
 from arm.teacher.cli import main
 from arm.teacher.model import load_teacher
-
-
-@pytest.fixture(scope="module")
-def tiny_world(tmp_path_factory):
-    root = tmp_path_factory.mktemp("teacher_world")
-    write_world(str(root / "world"), num_train=64, num_val=32, num_test=0, seed=0, shard_size=32, workers=1,
-                bench=False, progress=False)
-    build_text_tokenizer(str(root / "world"), str(root / "tokenizer.json"), vocab_size=300)
-    return root
 
 
 def _args(root, *extra: str) -> list[str]:
     return ["fit", "--config", "experiments/teacher/tiny.yaml", "--data.data_dir", str(root / "world"),
             "--model.tokenizer_path", str(root / "tokenizer.json"), "--trainer.default_root_dir",
-            str(root / "run"), "--trainer.logger.init_args.save_dir", str(root / "run"), *extra]
+            str(root / "run_teacher"), "--trainer.logger.init_args.save_dir", str(root / "run_teacher"), *extra]
 
 
 def test_fast_dev_run(tiny_world):
@@ -46,7 +34,7 @@ def test_fit_validates_zero_shot_and_exports(tiny_world, monkeypatch):
     for key in ("train/loss", "val/loss", "val/zero_shot_color_acc", "val/zero_shot_shape_acc"):
         assert key in metrics, key
     assert 0.0 <= float(metrics["val/zero_shot_color_acc"]) <= 1.0
-    teacher = load_teacher(str(tiny_world / "run" / "teacher"))
+    teacher = load_teacher(str(tiny_world / "run_teacher" / "teacher"))
     with torch.no_grad():
         assert teacher.image_embedding(torch.rand(2, 3, 64, 64)).shape == (2, 32)
         assert teacher.embed_texts(["a red circle"]).shape == (1, 32)
@@ -54,8 +42,8 @@ def test_fit_validates_zero_shot_and_exports(tiny_world, monkeypatch):
         images = torch.rand(2, 3, 64, 64)
         torch.testing.assert_close(teacher.image_embedding(images), trained.eval().image_embedding(images))
     assert seen["cli"].model.hparams.hard_negatives == 1  # tiny.yaml trains with hard negatives and short texts
-    assert list((tiny_world / "run" / "logs").glob("version_*/events.out.tfevents.*")), "TensorBoard logs missing"
-    assert list((tiny_world / "run" / "logs").glob("version_*/checkpoints/last.ckpt")), "no last.ckpt"
+    assert list((tiny_world / "run_teacher" / "logs").glob("version_*/events.out.tfevents.*")), "TensorBoard logs missing"
+    assert list((tiny_world / "run_teacher" / "logs").glob("version_*/checkpoints/last.ckpt")), "no last.ckpt"
 
 
 def test_resume_from_last_checkpoint(tiny_world, monkeypatch):
