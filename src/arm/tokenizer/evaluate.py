@@ -74,8 +74,7 @@ class TokenizerEvaluator:
         gen = torch.Generator(device=images.device).manual_seed(len(self.recon["psnr"]))
         recon = self.tokenizer.decoder.sample(z_q, steps=self.decode_steps, cfg_scale=self.cfg_scale, generator=gen)
         self.recon["psnr"] += psnr(recon, images).tolist()
-        self.recon["ssim"] += [float(ssim(recon[i : i + 1], images[i : i + 1], data_range=1.0))
-                               for i in range(len(recon))]
+        self.recon["ssim"] += ssim(recon, images, data_range=1.0, reduction="none").tolist()  # per image
         self.recon["real"].append(self.teacher.patch_features(images).mean(1).cpu())
         self.recon["fake"].append(self.teacher.patch_features(recon).mean(1).cpu())
         if metas is not None:
