@@ -1,0 +1,249 @@
+"""``arm generate``, ``arm edit``, ``arm ask``: the AR export at work, and the inference helpers validation reuses.
+
+- ``arm generate --ckpt AR --prompt "..." --out DIR``: text-to-image with classifier-free guidance (``--cfg``,
+  ARM: 1.5), decoded by the image tokenizer the export points to.
+- ``arm edit --ckpt AR --image IMG --instruction "..." --out DIR``: two-branch guidance as ARM (text scale
+  ``--cfg`` 1.5, image scale ``--image-cfg`` 1.25): conditional, image-only and unconditional prompts.
+- ``arm ask --ckpt AR --image IMG --question "..."``: greedy answer (``--temperature`` > 0 samples), printed.
+
+``--ckpt`` is the folder ``arm ar fit`` exports (``<default_root_dir>/ar``). Output names carry every sampling
+setting, as LlamaGen's do: ``<prompt>-cfg1.5-temp1-topk50-topp1-seed0-dsteps10-000.png`` plus a JSON of settings.
+Input images are resized (bicubic) to the image tokenizer's side when they differ.
+
+Heavy imports happen inside functions, so ``arm --help`` stays instant.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+from collections.abc import Sequence
+from pathlib import Path
+
+COMMANDS = ("generate", "edit", "ask")
+
+
+# ---------------------------------------------------------------------------------------- inference
+
+
+def _sampling(name: str):
+    import arm.ar.sampling as sampling
+
+    return getattr(sampling, name)
+
+
+def _check_context(model, prompts: Sequence[Sequence[int]], num_new: int) -> None:
+    from arm.ar.sequences import check_fits
+
+    for prompt in prompts:
+        check_fits(len(prompt), num_new, model.config.max_seq_len)
+
+
+def generate_codes(model, builder, texts: Sequence[str], config, generator=None):
+    """Image codes (B, H*W) for text prompts; CFG against the empty prompt when ``config.cfg_scale != 1``."""
+    pairs = [builder.t2i_prompts(t) for t in texts]
+    prompts, uncond = [p for p, _ in pairs], [u for _, u in pairs]
+    num = builder.grid[0] * builder.grid[1]
+    _check_context(model, prompts, num)
+    return _sampling("sample_image_codes")(model, prompts, num, config,
+                                          uncond=uncond if config.cfg_scale != 1.0 else None, generator=generator)
+
+
+def edit_codes(model, builder, sources: Sequence[Sequence[int]], instructions: Sequence[str], config,
+               generator=None):
+    """Edited image codes (B, H*W): two-branch guidance with the image-only and unconditional prompts."""
+    triples = [builder.edit_prompts(s, i) for s, i in zip(sources, instructions)]
+    prompts = [t[0] for t in triples]
+    num = builder.grid[0] * builder.grid[1]
+    _check_context(model, prompts, num)
+    return _sampling("sample_image_codes")(model, prompts, num, config, uncond=[t[2] for t in triples],
+                                          image_only=[t[1] for t in triples], generator=generator)
+
+
+def answer_questions(model, builder, codes: Sequence[Sequence[int]], questions: Sequence[str],
+                     max_new_tokens: int = 16, config=None, generator=None) -> list[str]:
+    """Decoded answers to ``questions`` about the images ``codes`` (greedy unless ``config`` says otherwise)."""
+    prompts = [builder.vqa_prompt(c, q) for c, q in zip(codes, questions)]
+    _check_context(model, prompts, max_new_tokens)
+    kwargs = {} if config is None else {"config": config}
+    new = _sampling("generate_text")(model, prompts, max_new_tokens, builder.eos, generator=generator, **kwargs)
+    return [builder.tokenizer.decode(ids).strip() for ids in new]
+
+
+def normalize_answer(text: str) -> str:
+    """Lower case, no surrounding spaces or final full stop (VQAv2-style answer normalisation, simplified)."""
+    return text.strip().lower().rstrip(".").strip()
+
+
+def answer_accuracy(model, builder, samples: Sequence[dict], batch_size: int = 64) -> dict[str, float]:
+    """VQA accuracy over every VQA question of ``samples`` (decoded code samples) and MME acc / acc+."""
+    import torch
+
+    rows = []  # (kind, sample index, codes, question, answer)
+    for i, s in enumerate(samples):
+        rows += [("vqa", i, s["codes"], q["question"], str(q["answer"])) for q in s["meta"].get("vqa") or []]
+        rows += [("mme", i, s["codes"], q["question"], str(q["answer"])) for q in s["meta"].get("mme") or []]
+    correct = []
+    with torch.no_grad():
+        for start in range(0, len(rows), batch_size):
+            chunk = rows[start: start + batch_size]
+            answers = answer_questions(model, builder, [r[2] for r in chunk], [r[3] for r in chunk])
+            correct += [normalize_answer(a) == normalize_answer(r[4]) for a, r in zip(answers, chunk)]
+    out = {}
+    vqa = [c for c, r in zip(correct, rows) if r[0] == "vqa"]
+    if vqa:
+        out["vqa_acc"] = sum(vqa) / len(vqa)
+    per_image: dict[int, list[bool]] = {}
+    for c, r in zip(correct, rows):
+        if r[0] == "mme":
+            per_image.setdefault(r[1], []).append(c)
+    if per_image:
+        out["mme_acc"] = sum(map(sum, per_image.values())) / sum(map(len, per_image.values()))
+        out["mme_acc_plus"] = sum(all(v) for v in per_image.values()) / len(per_image)
+    return out
+
+
+def sample_grids(model, builder, tokenizer_bundle, samples: Sequence[dict], cfg: float, image_cfg: float,
+                 top_k: int, decode_steps: int, generator=None) -> dict:
+    """TensorBoard grids (3, H, W) in [0, 1]: ``t2i`` (generated over decoded ground truth) and ``edit``
+    (source, edited, target rows), every image decoded by the image tokenizer."""
+    import torch
+    from torchvision.utils import make_grid
+
+    SamplingConfig = _sampling("SamplingConfig")
+    device = next(model.parameters()).device
+
+    def decode(codes) -> torch.Tensor:
+        codes = torch.as_tensor(codes, dtype=torch.long, device=device)
+        return tokenizer_bundle.decode(codes, decode_steps, 1.0, generator).float().clamp(0, 1).cpu()
+
+    grids = {}
+    with torch.no_grad():
+        texts = [(s["meta"].get("geneval") or {}).get("prompt") or s["meta"]["caption"] for s in samples]
+        drawn = generate_codes(model, builder, texts, SamplingConfig(top_k=top_k, cfg_scale=cfg), generator)
+        truth = [s["codes"] for s in samples]
+        grids["t2i"] = make_grid(torch.cat([decode(drawn), decode(truth)]), nrow=len(samples), padding=1)
+        edits = [s for s in samples if s["edit_codes"] is not None]
+        if edits:
+            sources = [s["codes"] for s in edits]
+            edited = edit_codes(model, builder, sources, [s["meta"]["edit"]["instruction"] for s in edits],
+                                SamplingConfig(top_k=top_k, text_scale=cfg, image_scale=image_cfg), generator)
+            images = torch.cat([decode(sources), decode(edited), decode([s["edit_codes"] for s in edits])])
+            grids["edit"] = make_grid(images, nrow=len(edits), padding=1)
+    return grids
+
+
+# ----------------------------------------------------------------------------------------------- CLI
+
+
+def add_parsers(sub: argparse._SubParsersAction, formatter: type[argparse.HelpFormatter]) -> None:
+    """Register ``generate``, ``edit`` and ``ask`` on the ``arm`` command's subparsers."""
+    gen = sub.add_parser("generate", help="text-to-image with the AR export (CFG)", formatter_class=formatter,
+                         description="Draw images for a prompt; writes PNGs whose names carry the settings.")
+    gen.add_argument("--prompt", required=True)
+    gen.add_argument("--num-images", type=int, default=4)
+    edit = sub.add_parser("edit", help="edit an image by instruction with the AR export", formatter_class=formatter,
+                          description="Edit IMG as instructed (two-branch guidance); writes PNGs.")
+    edit.add_argument("--image", required=True, help="input image (PNG)")
+    edit.add_argument("--instruction", required=True)
+    edit.add_argument("--image-cfg", type=float, default=1.25, help="image-guidance scale (ARM: 1.25)")
+    edit.add_argument("--num-images", type=int, default=1)
+    ask = sub.add_parser("ask", help="answer a question about an image with the AR export", formatter_class=formatter,
+                         description="Print the model's answer to a question about IMG.")
+    ask.add_argument("--image", required=True, help="input image (PNG)")
+    ask.add_argument("--question", required=True)
+    ask.add_argument("--max-new-tokens", type=int, default=32)
+    for parser, temperature in ((gen, 1.0), (edit, 1.0), (ask, 0.0)):
+        parser.add_argument("--ckpt", required=True, help="AR export folder (arm ar fit writes <root>/ar)")
+        parser.add_argument("--temperature", type=float, default=temperature, help="0 = greedy")
+        parser.add_argument("--top-k", type=int, default=0 if parser is ask else 50, help="0 = off")
+        parser.add_argument("--top-p", type=float, default=1.0)
+        parser.add_argument("--seed", type=int, default=0)
+        parser.add_argument("--device", default="cpu")
+        if parser is not ask:
+            parser.add_argument("--out", required=True, help="output directory")
+            parser.add_argument("--cfg", type=float, default=1.5, help="AR-side guidance scale (ARM: 1.5)")
+            parser.add_argument("--decoder-steps", type=int, default=10, help="pixel-decoder Euler steps")
+            parser.add_argument("--decoder-cfg", type=float, default=1.0, help="decoder-side guidance scale")
+
+
+def _slug(text: str, limit: int = 40) -> str:
+    return re.sub(r"[^a-z0-9]+", "_", text.lower()).strip("_")[:limit] or "image"
+
+
+def settings_stem(ns: argparse.Namespace, text: str) -> str:
+    """LlamaGen-style file stem: the text and every setting that changes the picture."""
+    image_cfg = f"-icfg{ns.image_cfg:g}" if getattr(ns, "image_cfg", None) is not None else ""
+    return (f"{_slug(text)}-cfg{ns.cfg:g}{image_cfg}-temp{ns.temperature:g}-topk{ns.top_k}-topp{ns.top_p:g}"
+            f"-seed{ns.seed}-dsteps{ns.decoder_steps}-dcfg{ns.decoder_cfg:g}")
+
+
+def read_image(path: str, side: int):
+    """A PNG/JPEG file -> float (1, 3, side, side) in [0, 1], resized when its size differs."""
+    import numpy as np
+    import torch
+    from PIL import Image
+
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"no image at {path}")
+    image = Image.open(path).convert("RGB")
+    if image.size != (side, side):
+        image = image.resize((side, side), Image.BICUBIC)
+    return torch.from_numpy(np.asarray(image).copy()).permute(2, 0, 1)[None].float().div_(255.0)
+
+
+def _write_images(images, out: Path, stem: str, record: dict) -> list[str]:
+    import torch
+
+    from arm.data.shapeworld.render import encode_png
+    from arm.io import write_atomic, write_json_atomic
+
+    pixels = (images.float().clamp(0, 1).permute(0, 2, 3, 1) * 255 + 0.5).to(torch.uint8)
+    paths = []
+    for i, img in enumerate(pixels.cpu().numpy()):
+        path = out / f"{stem}-{i:03d}.png"
+        write_atomic(path, encode_png(img))
+        paths.append(str(path))
+    write_json_atomic(out / f"{stem}.json", {**record, "images": paths})
+    return paths
+
+
+def run(ns: argparse.Namespace) -> int:
+    """Run one of ``COMMANDS`` from parsed arguments; prints a JSON summary (or the answer for ``ask``)."""
+    import torch
+
+    from arm.ar.module import load_ar_bundle
+
+    bundle = load_ar_bundle(ns.ckpt, ns.device)
+    if bundle.image_tokenizer is None:
+        raise ValueError(f"the AR export {ns.ckpt!r} names no image tokenizer export; it cannot read or draw images")
+    SamplingConfig = _sampling("SamplingConfig")
+    generator = torch.Generator(device=ns.device).manual_seed(ns.seed)
+    model, builder, tok = bundle.model, bundle.builder, bundle.image_tokenizer
+    settings = {k: v for k, v in vars(ns).items() if k not in ("command", "func")}
+    with torch.no_grad():
+        if ns.command == "ask":
+            codes = tok.encode(read_image(ns.image, tok.image_size).to(ns.device))[0].tolist()
+            config = SamplingConfig(temperature=ns.temperature, top_k=ns.top_k, top_p=ns.top_p)
+            answer = answer_questions(model, builder, [codes], [ns.question], ns.max_new_tokens, config, generator)[0]
+            print(answer)
+            return 0
+        out = Path(ns.out)
+        if ns.command == "generate":
+            if ns.num_images < 1:
+                raise ValueError(f"--num-images must be >= 1, got {ns.num_images}")
+            config = SamplingConfig(temperature=ns.temperature, top_k=ns.top_k, top_p=ns.top_p, cfg_scale=ns.cfg)
+            codes = generate_codes(model, builder, [ns.prompt] * ns.num_images, config, generator)
+            text = ns.prompt
+        else:
+            source = tok.encode(read_image(ns.image, tok.image_size).to(ns.device))[0].tolist()
+            config = SamplingConfig(temperature=ns.temperature, top_k=ns.top_k, top_p=ns.top_p, text_scale=ns.cfg,
+                                    image_scale=ns.image_cfg)
+            codes = edit_codes(model, builder, [source] * ns.num_images, [ns.instruction] * ns.num_images, config,
+                               generator)
+            text = ns.instruction
+        images = tok.decode(codes, ns.decoder_steps, ns.decoder_cfg, generator)
+    paths = _write_images(images, out, settings_stem(ns, text), settings)
+    print(json.dumps({"command": ns.command, "images": paths}))
+    return 0

@@ -1,0 +1,404 @@
+"""``ARModule``: the unified AR model (ARM §2) trained on code-shard sequences, with its validation metrics and export.
+
+One ``ARDecoder`` learns every task of ``arm.ar.sequences`` by next-token prediction. The loss is
+``text_loss_weight * CE_text + image_loss_weight * CE_image``: the text head's cross-entropy averaged over the
+scored text tokens of the batch (answers, captions, ``<eos>`` and ``<eoi>``) plus the image head's cross-entropy
+averaged over the scored image tokens (generated and edited images). AdamW with betas (0.9, 0.95), no weight
+decay by default, linear warm-up then cosine decay (``arm.optim``), gradient clipping by the trainer (ARM §2).
+
+Logged: ``train/loss``, ``train/loss_text``, ``train/loss_image``, ``train/loss_<task>`` (mean CE over the scored
+tokens of that task's sequences), ``train/tokens_per_s`` (real, unpadded tokens per wall second between steps,
+data loading included), ``train/padding`` (padded share of the batch). Validation: ``val/loss``,
+``val/ppl_text`` (answers and captions), ``val/ppl_image`` (generated and edited images), ``val/loss_<task>``,
+and, by decoding ``val_generate`` val images' questions greedily, ``val/vqa_acc`` (exact match of the normalised
+answer, as VQAv2's normalised answers), ``val/mme_acc`` and ``val/mme_acc_plus`` (MME: a pair of yes/no questions
+per image, acc+ = both right; Fu et al. 2023), and TensorBoard grids: text-to-image (top: generated with CFG,
+bottom: the val image's own codes decoded) and editing (source, edited, target), decoded by the image tokenizer.
+
+Vocabulary: text rows from the text tokenizer (or the imported LLM), ``len(SPECIAL_TOKENS)`` specials, image
+codes from the tokenizer export (``num_image_codes`` when there is none). A checkpoint or export whose vocabulary
+does not match is a one-line error.
+
+Export at the end of fit (rank 0): ``<default_root_dir>/ar/`` holds ``model.safetensors``, ``config.json`` (the
+``ARConfig``, the specials, the code grid, the tokenizer export's absolute path) and ``tokenizer.json`` (a copy
+of the text tokenizer): everything ``arm generate|edit|ask --ckpt`` needs (``load_ar_bundle``).
+
+Deliberate simplifications:
+- Generation metrics and grids run on one process only (``world_size == 1``); a sharded run skips them with a
+  logged note (greedy decoding stops at different steps per rank, which sharded forwards cannot) and is
+  evaluated from its export. They also need ``arm.ar.sampling``.
+- Training passes no attention mask: sequences are right-padded and attention is causal, so real tokens never
+  see padding and padded positions are not scored.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import time
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+from lightning.pytorch.utilities import rank_zero_info
+
+from arm.ar.model import ARConfig, ARDecoder
+from arm.ar.sequences import SPECIAL_TOKENS, TASKS, SequenceBuilder, VocabLayout
+from arm.data.text_tokenizer import TextTokenizer
+from arm.io import CONFIG_FILE, read_export, save_export
+from arm.optim import adamw_warmup_cosine, trainer_total_steps
+
+EXPORT_DIR = "ar"
+TOKENIZER_FILE = "tokenizer.json"
+CREATE_COMMAND = "arm ar fit --config experiments/ar/shapeworld.yaml"
+
+
+def tokenizer_export_info(directory: str) -> tuple[int, tuple[int, int]]:
+    """(codebook size, code grid) of an image-tokenizer export, read from its config.json alone."""
+    path = Path(directory) / CONFIG_FILE
+    if not path.is_file():
+        raise FileNotFoundError(f"no image tokenizer export at {directory!r} (missing {CONFIG_FILE}); create it with "
+                                f"`arm tokenizer fit --config experiments/tokenizer/shapeworld.yaml`")
+    config = json.loads(path.read_text())["tokenizer_config"]
+    codebook = 1
+    for level in config["levels"]:
+        codebook *= int(level)
+    side = int(config["decoder"]["image_size"]) // int(config["decoder"]["patch_size"])
+    return codebook, (side, side)
+
+
+def token_nll(model: ARDecoder, ids: torch.Tensor, loss_mask: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Per-token cross-entropies of the scored tokens of right-padded sequences ``ids`` (B, T).
+
+    Returns ``image`` / ``text`` (the NLLs of scored image / text targets, flat) and ``image_rows`` / ``text_rows``
+    (the batch row of each). Heads are applied to the scored positions only.
+    """
+    hidden = model(input_ids=ids[:, :-1])  # (B, T-1, D); causal + right padding: no mask needed
+    targets, scored = ids[:, 1:], loss_mask[:, 1:]  # (B, T-1)
+    offset = model.config.image_token_offset
+    is_image = targets >= offset
+    rows = torch.arange(ids.shape[0], device=ids.device)[:, None].expand_as(targets)
+    out = {}
+    for name, select in (("image", scored & is_image), ("text", scored & ~is_image)):
+        h = hidden[select]  # (N, D)
+        if name == "image":
+            logits, target = model.image_logits(h), targets[select] - offset
+        else:
+            logits, target = model.text_logits(h), targets[select]
+        out[name] = F.cross_entropy(logits.float(), target, reduction="none")  # (N,)
+        out[f"{name}_rows"] = rows[select]
+    return out
+
+
+class ARModule(L.LightningModule):
+    def __init__(
+        self,
+        tokenizer_path: str,
+        tokenizer_export: str | None = None,
+        preset: str = "shapeworld",
+        overrides: dict[str, Any] | None = None,
+        init_from: str | None = None,
+        num_image_codes: int | None = None,
+        image_grid: int | None = None,
+        text_loss_weight: float = 1.0,
+        image_loss_weight: float = 1.0,
+        lr: float = 1e-3,
+        weight_decay: float = 0.0,
+        betas: tuple[float, float] = (0.9, 0.95),
+        warmup_steps: int = 100,
+        activation_checkpointing: bool = False,
+        val_generate: int = 64,
+        grid_images: int = 8,
+        val_cfg: float = 2.0,
+        val_edit_image_cfg: float = 1.25,
+        val_top_k: int = 50,
+        val_decode_steps: int = 10,
+        export: bool = True,
+    ) -> None:
+        """
+        Args:
+            tokenizer_path: the text tokenizer's ``tokenizer.json`` (``arm data text-tokenizer``, or an imported
+                LLM's); the code DataModule reads the same file.
+            tokenizer_export: the image tokenizer's export folder (``arm tokenizer fit`` writes
+                ``<root>/tokenizer``): gives the codebook size and code grid, and decodes the val grids.
+                ``None``: set ``num_image_codes`` and ``image_grid``; the grids are skipped.
+            preset: ``ARConfig`` preset name (``tiny``, ``shapeworld``, ``qwen2.5-0.5b`` ...).
+            overrides: ``ARConfig`` fields replacing the preset's (``dim``, ``num_layers``, ``max_seq_len`` ...);
+                the vocabulary fields are always set from the tokenizers.
+            init_from: a local Hugging Face Qwen2/Llama folder to initialise from (``arm.ar.hf_import``); the
+                preset and overrides are then ignored.
+            num_image_codes: codebook size when no tokenizer export is given (must match it when one is).
+            image_grid: side of the square code grid when no tokenizer export is given.
+            text_loss_weight: weight of the text head's mean cross-entropy.
+            image_loss_weight: weight of the image head's mean cross-entropy.
+            lr: peak learning rate.
+            weight_decay: AdamW decoupled weight decay on matrices (ARM §2 uses none).
+            betas: AdamW betas (ARM: 0.9, 0.95).
+            warmup_steps: linear warm-up steps before the cosine decay.
+            activation_checkpointing: recompute block activations in backward (with ``ModelParallelStrategy``).
+            val_generate: val images whose VQA and MME questions are answered by greedy decoding (0 = skip).
+            grid_images: images per TensorBoard grid (0 = no grids).
+            val_cfg: CFG scale of the val text-to-image grid, and the text scale of the edit grid.
+            val_edit_image_cfg: image-guidance scale of the edit grid.
+            val_top_k: top-k of the grids' sampling (temperature 1).
+            val_decode_steps: pixel-decoder steps of the grids.
+            export: write ``<default_root_dir>/ar`` at the end of fit.
+        """
+        super().__init__()
+        self.save_hyperparameters()
+        self.tokenizer = TextTokenizer.from_file(tokenizer_path)
+        grid = (image_grid, image_grid) if image_grid else None
+        if tokenizer_export:
+            codebook, export_grid = tokenizer_export_info(tokenizer_export)
+            if num_image_codes is not None and num_image_codes != codebook:
+                raise ValueError(f"num_image_codes {num_image_codes} differs from the tokenizer export's codebook "
+                                 f"{codebook}; leave num_image_codes unset")
+            if grid is not None and grid != export_grid:
+                raise ValueError(f"image_grid {image_grid} differs from the tokenizer export's grid {export_grid}; "
+                                 f"leave image_grid unset")
+            num_image_codes, grid = codebook, export_grid
+        if not num_image_codes or grid is None:
+            raise ValueError("the AR model needs the image codebook and grid: set model.tokenizer_export (or both "
+                             "model.num_image_codes and model.image_grid)")
+        self.data_layout = VocabLayout(self.tokenizer.vocab_size, num_image_codes)
+        self.config = self._make_config(num_image_codes)
+        self.layout = VocabLayout(self.config.text_vocab_size, num_image_codes)
+        self.data_layout.check_model(self.config.text_vocab_size, self.config.num_special_tokens,
+                                     self.config.num_image_codes, "the model")
+        self.grid = grid
+        self.builder = SequenceBuilder(self.tokenizer, self.layout, grid)
+        self.model: ARDecoder | None = None
+        self._bundle = None
+        self._eval_samples: list[dict] | None = None
+        self._last_step_time: float | None = None
+        self._val: dict[str, torch.Tensor] = {}
+
+    # ------------------------------------------------------------------------------------------- model
+
+    def _make_config(self, num_image_codes: int) -> ARConfig:
+        hp = self.hparams
+        if hp.init_from:
+            from arm.ar.hf_import import config_from_hf, read_hf_config
+
+            return config_from_hf(read_hf_config(hp.init_from), num_image_codes, len(SPECIAL_TOKENS))
+        vocab = {"text_vocab_size": self.tokenizer.vocab_size, "num_image_codes": num_image_codes,
+                 "num_special_tokens": len(SPECIAL_TOKENS)}
+        clash = sorted(set(hp.overrides or {}) & set(vocab))
+        if clash:
+            raise ValueError(f"model.overrides may not set {clash}: the vocabulary comes from the tokenizers")
+        return ARConfig.preset(hp.preset, **{**(hp.overrides or {}), **vocab})
+
+    def configure_model(self) -> None:
+        if self.model is None:
+            if self.hparams.init_from:
+                from arm.ar.hf_import import from_hf
+
+                self.model = from_hf(self.hparams.init_from, self.config.num_image_codes, len(SPECIAL_TOKENS))
+            else:
+                self.model = ARDecoder(self.config)
+        if self.device_mesh is not None:
+            from arm.parallel import parallelize
+
+            parallelize(self.model, self.device_mesh["data_parallel"], self.model.body.blocks,
+                        self.hparams.activation_checkpointing)
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        rows = checkpoint.get("state_dict", {}).get("model.embed.weight")
+        if rows is not None and rows.shape[0] != self.config.vocab_size:
+            raise ValueError(f"the checkpoint's vocabulary has {rows.shape[0]} ids but this model has "
+                             f"{self.config.vocab_size} (text {self.config.text_vocab_size} + "
+                             f"{self.config.num_special_tokens} specials + {self.config.num_image_codes} codes); "
+                             f"resume with the text and image tokenizers it was trained with")
+
+    # -------------------------------------------------------------------------------------------- loss
+
+    def _ids(self, batch: dict[str, Any]) -> torch.Tensor:
+        ids = self.data_layout.remap(batch["ids"], self.layout)
+        top = int(ids.max())
+        if top >= self.config.vocab_size:
+            raise ValueError(f"a batch holds id {top} but the vocabulary has {self.config.vocab_size}: the code "
+                             f"shards were written by an image tokenizer with a larger codebook than the model's")
+        return ids
+
+    def _losses(self, batch: dict[str, Any]) -> tuple[torch.Tensor, dict[str, torch.Tensor], dict]:
+        nll = token_nll(self.model, self._ids(batch), batch["loss_mask"])
+        hp = self.hparams
+        means = {k: nll[k].sum() / max(1, nll[k].numel()) for k in ("text", "image")}
+        loss = hp.text_loss_weight * means["text"] + hp.image_loss_weight * means["image"]
+        return loss, means, nll
+
+    def _task_sums(self, batch: dict[str, Any], nll: dict) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+        """task -> (summed NLL, scored tokens) over the batch's rows of that task."""
+        B = batch["ids"].shape[0]
+        row_nll = torch.zeros(B, device=self.device, dtype=torch.float32)
+        row_n = torch.zeros(B, device=self.device, dtype=torch.float32)
+        for kind in ("text", "image"):
+            row_nll.index_add_(0, nll[f"{kind}_rows"], nll[kind].detach())
+            row_n.index_add_(0, nll[f"{kind}_rows"], torch.ones_like(nll[kind]))
+        out = {}
+        for task in set(batch["task"]):
+            rows = torch.tensor([t == task for t in batch["task"]], device=self.device)
+            out[task] = (row_nll[rows].sum(), row_n[rows].sum())
+        return out
+
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
+        loss, means, nll = self._losses(batch)
+        B = batch["ids"].shape[0]
+        self.log("train/loss", loss, prog_bar=True, batch_size=B)
+        self.log_dict({f"train/loss_{k}": v for k, v in means.items()}, batch_size=B)
+        for task, (total, n) in self._task_sums(batch, nll).items():
+            self.log(f"train/loss_{task}", total / n.clamp_min(1), batch_size=B)
+        real = int(batch["length"].sum())
+        self.log("train/padding", 1.0 - real / batch["ids"].numel(), batch_size=B)
+        now = time.perf_counter()
+        if self._last_step_time is not None:
+            self.log("train/tokens_per_s", real / max(now - self._last_step_time, 1e-9), prog_bar=True,
+                     batch_size=B)
+        self._last_step_time = now
+        return loss
+
+    # -------------------------------------------------------------------------------------- validation
+
+    def on_validation_epoch_start(self) -> None:
+        names = ["text", "text_n", "image", "image_n"] + [f"{t}{s}" for t in TASKS for s in ("", "_n")]
+        self._val = {k: torch.zeros((), device=self.device, dtype=torch.float64) for k in names}
+
+    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        loss, _, nll = self._losses(batch)
+        self.log("val/loss", loss, prog_bar=True, batch_size=batch["ids"].shape[0], sync_dist=True)
+        for kind in ("text", "image"):
+            self._val[kind] += nll[kind].sum().double()
+            self._val[f"{kind}_n"] += nll[kind].numel()
+        for task, (total, n) in self._task_sums(batch, nll).items():
+            self._val[task] += total.double()
+            self._val[f"{task}_n"] += n.double()
+
+    def on_validation_epoch_end(self) -> None:
+        names = list(self._val)
+        totals = dict(zip(names, self.trainer.strategy.reduce(torch.stack([self._val[k] for k in names]),
+                                                              reduce_op="sum")))
+        for kind in ("text", "image"):
+            if totals[f"{kind}_n"] > 0:
+                self.log(f"val/ppl_{kind}", torch.exp(totals[kind] / totals[f"{kind}_n"]).float())
+        for task in TASKS:
+            if totals[f"{task}_n"] > 0:
+                self.log(f"val/loss_{task}", (totals[task] / totals[f"{task}_n"]).float())
+        if not self.trainer.sanity_checking:
+            self._generation_metrics()
+
+    def _generation_metrics(self) -> None:
+        hp = self.hparams
+        if not (hp.val_generate or hp.grid_images):
+            return
+        if self.trainer.world_size > 1:
+            rank_zero_info("ARModule: generation metrics and grids skipped on a multi-process run; evaluate the "
+                           "export instead")
+            return
+        try:
+            import arm.ar.sampling  # noqa: F401
+        except ImportError:
+            rank_zero_info("ARModule: arm.ar.sampling is not available; generation metrics and grids skipped")
+            return
+        from arm.ar.commands import answer_accuracy
+
+        datamodule = getattr(self.trainer, "datamodule", None)
+        if datamodule is None or not hasattr(datamodule, "eval_samples"):
+            return
+        if self._eval_samples is None:
+            self._eval_samples = datamodule.eval_samples("val", max(hp.val_generate, hp.grid_images))
+        with self.trainer.precision_plugin.forward_context():
+            if hp.val_generate:
+                metrics = answer_accuracy(self.model, self.builder, self._eval_samples[: hp.val_generate])
+                self.log_dict({f"val/{k}": v for k, v in metrics.items()})
+            if hp.grid_images:
+                self._log_grids()
+
+    def _log_grids(self) -> None:
+        from arm.ar.commands import sample_grids
+
+        hp = self.hparams
+        if not hp.tokenizer_export:
+            rank_zero_info("ARModule: no model.tokenizer_export configured, so the t2i and edit grids are skipped")
+            return
+        experiment = getattr(self.logger, "experiment", None)
+        if experiment is None or not hasattr(experiment, "add_image"):
+            return
+        if self._bundle is None:
+            from arm.tokenizer.model import TokenizerBundle
+
+            self._bundle = TokenizerBundle.load(hp.tokenizer_export).to(self.device)
+        generator = torch.Generator(device=self.device).manual_seed(0)
+        grids = sample_grids(self.model, self.builder, self._bundle, self._eval_samples[: hp.grid_images],
+                             hp.val_cfg, hp.val_edit_image_cfg, hp.val_top_k, hp.val_decode_steps, generator)
+        for name, image in grids.items():
+            experiment.add_image(f"val/{name}_grid", image, self.global_step)
+
+    # ---------------------------------------------------------------------------------- optimiser/export
+
+    def configure_optimizers(self) -> dict[str, Any]:
+        hp = self.hparams
+        return adamw_warmup_cosine(self.model.parameters(), hp.lr, hp.weight_decay, hp.betas, hp.warmup_steps,
+                                   trainer_total_steps(self))
+
+    def export_dir(self) -> str:
+        return os.path.join(self.trainer.default_root_dir, EXPORT_DIR)
+
+    def on_fit_end(self) -> None:
+        if not self.hparams.export:
+            return
+        from arm.parallel import full_state_dict
+
+        state = full_state_dict(self.model)  # a collective under FSDP: every rank takes part
+        if self.trainer.is_global_zero:
+            save_ar(state, self.config, self.grid, self.export_dir(), self.hparams.tokenizer_path,
+                    self.hparams.tokenizer_export)
+
+
+# ------------------------------------------------------------------------------------------------ export
+
+
+def save_ar(state: dict[str, torch.Tensor], config: ARConfig, grid: tuple[int, int], directory: str,
+            tokenizer_path: str, tokenizer_export: str | None) -> str:
+    """Write the AR export: weights, config.json (config, specials, grid, tokenizer export path), tokenizer copy."""
+    meta = {"ar_config": dataclasses.asdict(config), "special_tokens": list(SPECIAL_TOKENS), "grid": list(grid),
+            "tokenizer_export": os.path.abspath(tokenizer_export) if tokenizer_export else None,
+            "text_tokenizer": TOKENIZER_FILE, "text_tokenizer_source": os.path.abspath(tokenizer_path)}
+    return save_export(directory, SimpleNamespace(state_dict=lambda: state), meta, {TOKENIZER_FILE: tokenizer_path})
+
+
+@dataclasses.dataclass
+class ARBundle:
+    """An exported AR model with everything around it: text tokenizer, sequence builder, image tokenizer."""
+
+    model: ARDecoder
+    builder: SequenceBuilder
+    image_tokenizer: Any  # arm.tokenizer.model.TokenizerBundle, or None when the export names none
+    meta: dict
+
+
+def load_ar_bundle(directory: str, device: torch.device | str = "cpu", image_tokenizer: bool = True) -> ARBundle:
+    """Load an AR export (safetensors) and what it points to; a vocabulary mismatch is a one-line error."""
+    state, meta = read_export(directory, "AR model", CREATE_COMMAND)
+    config = ARConfig(**meta["ar_config"])
+    if meta.get("special_tokens") != list(SPECIAL_TOKENS):
+        raise ValueError(f"the AR export {directory!r} was written with other special tokens than this code "
+                         f"defines; retrain it (`{CREATE_COMMAND}`) or use the code version that wrote it")
+    tokenizer = TextTokenizer.from_file(os.path.join(directory, meta["text_tokenizer"]))
+    codebook, bundle = config.num_image_codes, None
+    if image_tokenizer and meta.get("tokenizer_export"):
+        from arm.tokenizer.model import TokenizerBundle
+
+        codebook, _ = tokenizer_export_info(meta["tokenizer_export"])
+        bundle = TokenizerBundle.load(meta["tokenizer_export"]).to(device)
+    VocabLayout(tokenizer.vocab_size, codebook).check_model(
+        config.text_vocab_size, config.num_special_tokens, config.num_image_codes, f"the AR export {directory!r}")
+    model = ARDecoder(config)
+    model.load_state_dict(state)
+    builder = SequenceBuilder(tokenizer, VocabLayout(config.text_vocab_size, config.num_image_codes),
+                              tuple(meta["grid"]), config.max_seq_len)
+    return ARBundle(model.to(device).eval(), builder, bundle, meta)
+

@@ -1,0 +1,192 @@
+"""``arm ar fit`` end to end on tiny code shards: logs, kill/resume, export round trip, commands, one-line errors.
+
+The image tokenizer is a randomly initialised tiny export (teacher + FSQ 4*4*2 = 32 codes over an 8 x 8 grid),
+and the code shards are what ``arm tokenizer encode`` writes from the session's tiny world with it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from arm.ar.cli import main
+from arm.ar.module import load_ar_bundle
+from arm.ar.sequences import SPECIAL_TOKENS
+from arm.nn import TransformerConfig
+from arm.teacher.model import DualEncoder, TeacherConfig, save_teacher
+from arm.tokenizer.model import SemanticTokenizer, TokenizerConfig, save_tokenizer
+from arm.tokenizer.pixel_decoder import PixelDiTConfig
+
+ROOT = Path(__file__).resolve().parents[2]
+TINY = str(ROOT / "experiments/ar/tiny.yaml")
+
+
+def _has_sampler() -> bool:
+    try:
+        import arm.ar.sampling  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+needs_sampler = pytest.mark.skipif(not _has_sampler(), reason="arm.ar.sampling (SAMPLER's KV-cache sampler) is "
+                                                               "not in this checkout yet")
+
+
+@pytest.fixture(scope="module")
+def parts(tiny_world, tmp_path_factory):
+    from arm.data.text_tokenizer import TextTokenizer
+    from arm.tokenizer.tools import run_encode
+
+    root = tmp_path_factory.mktemp("ar")
+    text_tok = tiny_world / "tokenizer.json"
+    torch.manual_seed(0)
+    tcfg = TeacherConfig(image_dim=32, image_layers=1, image_heads=2, text_dim=32, text_layers=1, text_heads=2,
+                         embed_dim=32, vocab_size=TextTokenizer.from_file(text_tok).vocab_size)
+    save_teacher(DualEncoder(tcfg), tcfg, str(root / "teacher"), str(text_tok))
+    config = TokenizerConfig(levels=[4, 4, 2], projection=TransformerConfig(dim=32, num_layers=1, num_heads=2),
+                             decoder=PixelDiTConfig(dim=32, num_layers=1, num_heads=2, time_freq_dim=32),
+                             feature_dim=32, text_embed_dim=32)
+    save_tokenizer(SemanticTokenizer(config), str(root / "tokenizer"), str(root / "teacher"), None)
+    for split in ("train", "val"):
+        run_encode(argparse.Namespace(ckpt=str(root / "tokenizer"), shards=str(tiny_world / "world" / split),
+                                      out=str(root / "codes" / split), batch_size=32))
+    return root
+
+
+def _args(tiny_world, parts, out, *extra: str) -> list[str]:
+    return ["fit", "--config", TINY, "--data.data_dir", str(parts / "codes"),
+            "--model.tokenizer_path", str(tiny_world / "tokenizer.json"),
+            "--model.tokenizer_export", str(parts / "tokenizer"), "--trainer.default_root_dir", str(out), *extra]
+
+
+def _fit(args: list[str]):
+    """Run ``arm ar`` and return its LightningCLI (to read the trainer's logged metrics)."""
+    from lightning.pytorch.cli import LightningCLI
+
+    seen = {}
+    original = LightningCLI.__init__
+
+    def spy(self, *a, **k):
+        original(self, *a, **k)
+        seen["cli"] = self
+
+    LightningCLI.__init__ = spy
+    try:
+        main(args)
+    finally:
+        LightningCLI.__init__ = original
+    return seen["cli"]
+
+
+def test_fit_logs_resumes_and_exports(tiny_world, parts, tmp_path):
+    out = tmp_path / "run"
+    checkpointing = ["--trainer.enable_checkpointing", "true", "--trainer.callbacks+=ModelCheckpoint",
+                     f"--trainer.callbacks.dirpath={out / 'checkpoints'}", "--trainer.callbacks.save_last=true",
+                     "--trainer.callbacks.every_n_train_steps=2"]
+    # "Killed" after 2 of 4 steps: a run with max_steps 2 leaves last.ckpt at step 2 ...
+    first = _fit(_args(tiny_world, parts, out, *checkpointing, "--trainer.max_steps", "2", "--model.export",
+                       "false"))
+    assert (out / "checkpoints" / "last.ckpt").is_file() and first.trainer.global_step == 2
+    # ... and `--ckpt_path last` continues from it to step 4.
+    logger = ["--trainer.logger=lightning.pytorch.loggers.TensorBoardLogger", f"--trainer.logger.save_dir={out}"]
+    cli = _fit(_args(tiny_world, parts, out, *checkpointing, *logger, "--ckpt_path", "last"))
+    assert cli.trainer.global_step == 4
+    metrics = cli.trainer.callback_metrics
+    for key in ("train/loss", "train/loss_text", "train/loss_image", "train/tokens_per_s", "train/padding",
+                "val/loss", "val/ppl_text", "val/ppl_image", "val/loss_t2i", "val/loss_edit", "val/loss_vqa"):
+        assert key in metrics, key
+    # Untrained on 32 codes and a ~300-id text head: perplexities near the vocabulary sizes, never below 1.
+    assert 1.0 < float(metrics["val/ppl_image"]) < 3 * 32
+    assert 1.0 < float(metrics["val/ppl_text"]) < 3 * 400
+    if _has_sampler():
+        for key in ("val/vqa_acc", "val/mme_acc", "val/mme_acc_plus"):
+            assert 0.0 <= float(metrics[key]) <= 1.0, key
+        from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+        events = EventAccumulator(str(next(out.rglob("events.out.tfevents.*")).parent))
+        events.Reload()
+        assert {"val/t2i_grid", "val/edit_grid"} <= set(events.Tags()["images"])
+
+    export = out / "ar"
+    meta = json.loads((export / "config.json").read_text())
+    assert meta["special_tokens"] == list(SPECIAL_TOKENS) and meta["grid"] == [8, 8]
+    assert meta["tokenizer_export"] == str((parts / "tokenizer").resolve())
+    assert (export / "tokenizer.json").read_bytes() == (tiny_world / "tokenizer.json").read_bytes()
+    loaded = load_ar_bundle(str(export))
+    trained = cli.model.model.eval()
+    assert loaded.model.config == trained.config and loaded.model.config.num_image_codes == 32
+    ids = torch.randint(0, trained.config.vocab_size, (2, 11))
+    with torch.no_grad():
+        hidden = trained(input_ids=ids)
+        assert torch.equal(loaded.model.image_logits(loaded.model(input_ids=ids)), trained.image_logits(hidden))
+    assert loaded.image_tokenizer is not None and loaded.builder.grid == (8, 8)
+
+
+def test_bf16_mixed_fast_dev_run(tiny_world, parts, tmp_path):
+    cli = _fit(_args(tiny_world, parts, tmp_path / "bf16", "--trainer.precision", "bf16-mixed",
+                     "--trainer.fast_dev_run", "1", "--model.export", "false"))
+    assert torch.isfinite(cli.trainer.callback_metrics["train/loss"])
+
+
+def test_vocabulary_mismatch_is_a_one_line_error(tiny_world, parts, tmp_path):
+    out = tmp_path / "run"
+    _fit(_args(tiny_world, parts, out, "--trainer.max_steps", "1", "--trainer.limit_val_batches", "0"))
+    export = out / "ar"
+    meta = json.loads((export / "config.json").read_text())
+    meta["ar_config"]["num_image_codes"] = 64
+    (export / "config.json").write_text(json.dumps(meta))
+    with pytest.raises(ValueError, match="has 64 image codes but the image tokenizer has 32") as info:
+        load_ar_bundle(str(export))
+    assert "\n" not in str(info.value)
+    # A Lightning checkpoint of another vocabulary refuses to load into this model.
+    from arm.ar.module import ARModule
+
+    module = ARModule(str(tiny_world / "tokenizer.json"), str(parts / "tokenizer"), preset="tiny")
+    with pytest.raises(ValueError, match="the checkpoint's vocabulary has 5 ids"):
+        module.on_load_checkpoint({"state_dict": {"model.embed.weight": torch.zeros(5, 32)}})
+    with pytest.raises(ValueError, match="num_image_codes 16 differs from the tokenizer export's codebook 32"):
+        ARModule(str(tiny_world / "tokenizer.json"), str(parts / "tokenizer"), preset="tiny", num_image_codes=16)
+    with pytest.raises(ValueError, match="may not set"):
+        ARModule(str(tiny_world / "tokenizer.json"), str(parts / "tokenizer"), preset="tiny",
+                 overrides={"num_image_codes": 3})
+
+
+@needs_sampler
+def test_commands_on_the_tiny_export(tiny_world, parts, tmp_path, capsys):
+    from arm.cli import main as arm
+
+    out = tmp_path / "run"
+    _fit(_args(tiny_world, parts, out, "--trainer.max_steps", "1", "--trainer.limit_val_batches", "0"))
+    ckpt = str(out / "ar")
+    image = _scene_png(tiny_world, tmp_path)
+    assert arm(["generate", "--ckpt", ckpt, "--prompt", "a red circle", "--out", str(tmp_path / "gen"),
+                "--num-images", "2", "--cfg", "2", "--top-k", "8", "--seed", "3", "--decoder-steps", "2"]) == 0
+    names = sorted(p.name for p in (tmp_path / "gen").glob("*.png"))
+    assert names == [f"a_red_circle-cfg2-temp1-topk8-topp1-seed3-dsteps2-dcfg1-{i:03d}.png" for i in range(2)]
+    assert arm(["edit", "--ckpt", ckpt, "--image", str(image), "--instruction", "make it blue", "--out",
+                str(tmp_path / "edit"), "--decoder-steps", "2"]) == 0
+    assert len(list((tmp_path / "edit").glob("make_it_blue-cfg1.5-icfg1.25-*.png"))) == 1
+    capsys.readouterr()
+    assert arm(["ask", "--ckpt", ckpt, "--image", str(image), "--question", "What color is the circle?"]) == 0
+    assert capsys.readouterr().out.endswith("\n")
+    # One-line errors through the `arm` entry point: too long a prompt, a missing image.
+    assert arm(["generate", "--ckpt", ckpt, "--prompt", "red " * 300, "--out", str(tmp_path / "x")]) == 2
+    err = capsys.readouterr().err
+    assert "exceeds the model's context" in err and err.count("\n") == 1
+    assert arm(["ask", "--ckpt", ckpt, "--image", str(tmp_path / "none.png"), "--question", "?"]) == 2
+    assert "no image at" in capsys.readouterr().err
+
+
+def _scene_png(tiny_world: Path, tmp_path: Path) -> Path:
+    import webdataset as wds
+
+    shard = sorted((tiny_world / "world" / "val").glob("*.tar"))[0]
+    raw = next(iter(wds.tarfile_samples([{"url": str(shard)}])))
+    path = tmp_path / "scene.png"
+    path.write_bytes(raw["png"])
+    return path
