@@ -88,6 +88,10 @@ def build_parser() -> argparse.ArgumentParser:
     bench = sub.add_parser("bench", help="measure throughput; ratios measured side by side", formatter_class=_Formatter)
     bench.add_argument("--out", default="results/bench.json")
 
+    from arm.ar.commands import add_parsers as add_ar_commands  # argparse only: keeps `arm --help` instant
+
+    add_ar_commands(sub, _Formatter)
+
     for name, (_, help_) in _available_stages().items():
         stage = sub.add_parser(name, help=help_, add_help=False)
         stage.add_argument("stage_args", nargs=argparse.REMAINDER)
@@ -127,6 +131,10 @@ def _dispatch(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
 
         run_demo(args.out, seed=args.seed)
         return 0
+    if args.command in ("generate", "edit", "ask"):
+        from arm.ar.commands import run as run_ar_command
+
+        return run_ar_command(args)
     if args.command == "bench":
         from arm.bench import run_bench
 
