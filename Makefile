@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 PIP := $(PY) -m pip install --quiet --disable-pip-version-check
 export PYTHONUNBUFFERED := 1
 
-.PHONY: setup test test-all demo bench lint table7 clean
+.PHONY: setup test test-all demo bench lint table7 eval clean
 
 setup: $(STAMP)
 
@@ -36,6 +36,13 @@ bench: setup
 
 table7: setup
 	$(VENV)/bin/arm tokenizer table7 --out results --demo results/demo
+
+# Every benchmark protocol on a bench folder: make eval CKPT=dummy DATA=results/demo/world/bench
+CKPT ?= dummy
+DATA ?= results/demo/world/bench
+EVAL_OUT ?= results/eval
+eval: setup
+	$(VENV)/bin/arm eval all --ckpt $(CKPT) --data $(DATA) --out $(EVAL_OUT)
 
 lint: setup
 	$(VENV)/bin/ruff check src tests eval
