@@ -44,6 +44,10 @@ def adamw_warmup_cosine(
         {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0},
     ]
     opt = torch.optim.AdamW(groups, lr=lr, betas=tuple(betas))
+    from arm.parallel import is_sharded, materialize_optimizer_state
+
+    if is_sharded(params):  # FSDP2: a distributed checkpoint needs state for every parameter (see there)
+        materialize_optimizer_state(opt)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, warmup_cosine_factor(warmup_steps, total_steps))
     return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 

@@ -24,6 +24,10 @@ Rules a caller relies on:
   ``fully_shard`` as ``ignored_params``, so every rank keeps a full replica, nothing is gathered for them and no
   gradient is reduced. Frozen towers kept *outside* ``model`` (the tokenizer's teacher and caption LM) are never
   touched; their owner moves them to the device.
+- Scalar (0-dim) trainable parameters, such as a learnable temperature, cannot be sharded by FSDP2. They are
+  replicated like frozen ones, and a hook averages their gradient over the mesh as soon as it is accumulated,
+  so every rank takes the same optimiser step. (Gradient-norm clipping over a mix of sharded and replicated
+  gradients is not supported by ``clip_grad_norm_``: models with scalar parameters train without it.)
 - FSDP only hooks ``forward``. A root whose training code calls other methods (``SemanticTokenizer.quantize``)
   names them in ``forward_methods``; they then gather and reduce like ``forward``.
 - ``parallelize`` is idempotent: a model that is already an ``FSDPModule`` is returned unchanged, because
@@ -38,6 +42,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 
 import torch
+import torch.distributed as dist
 from torch import nn
 from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import checkpoint_wrapper
 from torch.distributed.device_mesh import DeviceMesh
@@ -96,8 +101,10 @@ def parallelize(
     if activation_checkpointing:
         blocks = apply_activation_checkpointing(model, blocks)
     frozen = {p for p in model.parameters() if not p.requires_grad}
+    scalars = {p for p in model.parameters() if p.requires_grad and p.ndim == 0}
+    replicated = frozen | scalars
     options = {"mesh": mesh, "mp_policy": MixedPrecisionPolicy(param_dtype=param_dtype, reduce_dtype=reduce_dtype),
-               "ignored_params": frozen or None}
+               "ignored_params": replicated or None}
     for block in blocks:
         fully_shard(block, **options)
     fully_shard(model, reshard_after_forward=False, **options)
@@ -105,11 +112,47 @@ def parallelize(
         if not callable(getattr(model, name, None)):
             raise ValueError(f"{type(model).__name__} has no method {name!r} to register as an FSDP forward method")
         register_fsdp_forward_method(model, name)
-    if frozen:
-        device = torch.device(mesh.device_type)  # "cuda" = the current device, which Lightning set per rank
-        for p in frozen:  # fully_shard leaves ignored parameters where they are; compute needs them on the device
-            p.data = p.data.to(device)
+    device = torch.device(mesh.device_type)  # "cuda" = the current device, which Lightning set per rank
+    for p in replicated:  # fully_shard leaves ignored parameters where they are; compute needs them on the device
+        p.data = p.data.to(device)
+    group = mesh.get_group()
+    for p in scalars:
+        p.register_post_accumulate_grad_hook(lambda param: dist.all_reduce(param.grad, dist.ReduceOp.AVG, group))
     return model
+
+
+def materialize_optimizer_state(optimizer: torch.optim.Optimizer) -> None:
+    """Give every trainable parameter its optimiser state now (zero moments, step 0) if it has none yet.
+
+    Why: a distributed checkpoint is loaded into a fresh optimiser whose state is first created for *every*
+    parameter, and ``torch.distributed.checkpoint`` then fails on any key the saved optimiser lacked. A parameter
+    that never received a gradient (``PixelDiT.cond_type`` when the code grid equals the patch grid) had no state.
+    How: one step with zero gradients at learning rate 0, then the step counters reset to 0. For Adam/AdamW
+    (and SGD with momentum) that leaves parameters unchanged and creates exactly the state the optimiser would
+    create lazily at a parameter's first gradient, so training is unchanged. A no-op for an optimiser with state.
+    """
+    params = [p for group in optimizer.param_groups for p in group["params"] if p.requires_grad]
+    if optimizer.state or not params:
+        return
+    for p in params:
+        p.grad = torch.zeros_like(p)
+    lrs = [group["lr"] for group in optimizer.param_groups]
+    for group in optimizer.param_groups:
+        group["lr"] = 0.0
+    optimizer.step()
+    for group, lr in zip(optimizer.param_groups, lrs):
+        group["lr"] = lr
+    optimizer.zero_grad(set_to_none=True)
+    for state in optimizer.state.values():
+        if torch.is_tensor(state.get("step")):
+            state["step"].zero_()
+
+
+def is_sharded(params: Iterable[torch.Tensor]) -> bool:
+    """True when any parameter is a DTensor (sharded by ``fully_shard``)."""
+    from torch.distributed.tensor import DTensor
+
+    return any(isinstance(p, DTensor) for p in params)
 
 
 def full_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:

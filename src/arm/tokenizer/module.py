@@ -107,6 +107,22 @@ class TokenizerModule(L.LightningModule):
                              f"{tc.image_size}: set model.decoder.image_size={tc.image_size}")
         self.model = SemanticTokenizer(config)
 
+    def configure_model(self) -> None:
+        """Under ``ModelParallelStrategy``: FSDP2-shard the trainable tokenizer per transformer block
+        (``arm.parallel``); the frozen teacher and caption LM stay whole on every rank (moved to its device)."""
+        if self.device_mesh is None:
+            return
+        from arm.parallel import parallelize
+
+        device = self.trainer.strategy.root_device
+        for frozen in (self.teacher, self.lm):
+            if frozen is not None:
+                frozen.to(device)
+        proj, dec = self.model.projection, self.model.decoder
+        parallelize(self.model, self.device_mesh["data_parallel"],
+                    [*proj.encoder.blocks, *proj.decoder.blocks, *dec.blocks],
+                    forward_methods=("quantize", "pooled_embedding"))
+
     # ------------------------------------------------------------------------------------------ losses
 
     def train(self, mode: bool = True):
