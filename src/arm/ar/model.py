@@ -15,7 +15,8 @@ Heads: ``text_logits`` scores text + special ids (tied to the first rows of the 
 matrix); ``image_logits`` scores the ``num_image_codes`` image codes with its own bias-free linear.
 
 Deliberate simplifications:
-- No KV cache and no sampling here (``arm.ar.sampling`` owns decoding); ``offset`` only shifts rotary positions.
+- No sampling here (``arm.ar.sampling`` owns decoding); ``forward(..., cache=...)`` only appends to a
+  ``arm.nn.KVCache`` made by ``new_cache``.
 - No dropout (Qwen2.5 uses none) and no sliding-window attention (Qwen2.5 configs leave it off).
 - The tied text head is the slice ``embed.weight[:num_text_and_special]``, not a parameter of its own, so
   checkpoints hold the shared matrix once; image rows of the table are never tied to the image head.
@@ -31,7 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from arm.nn import Transformer, TransformerConfig
+from arm.nn import KVCache, Transformer, TransformerConfig
 
 ROPE_CACHE_CAP = 4096
 """Rotary tables are built for at most this many positions up front; ``RotaryEmbedding`` grows them on demand,
@@ -180,16 +181,26 @@ class ARDecoder(nn.Module):
 
     # -------------------------------------------------------------------------------------- forward
 
+    def new_cache(self, batch: int, max_len: int, dtype: torch.dtype | None = None) -> KVCache:
+        """An empty KV cache for ``batch`` rows of up to ``max_len`` tokens (parameters' dtype by default)."""
+        if max_len > self.config.max_seq_len:
+            raise ValueError(f"a cache of {max_len} positions exceeds the model's context of "
+                             f"{self.config.max_seq_len} tokens (ARConfig.max_seq_len)")
+        return self.body.new_cache(batch, max_len, dtype)
+
     def forward(self, input_ids: torch.Tensor | None = None, inputs_embeds: torch.Tensor | None = None,
-                mask: torch.Tensor | None = None, offset: int = 0) -> torch.Tensor:
+                mask: torch.Tensor | None = None, offset: int = 0, cache: KVCache | None = None) -> torch.Tensor:
         """Final-norm hidden states (B, T, D) of ``input_ids`` (B, T) or ``inputs_embeds`` (B, T, D).
 
-        ``mask`` (B, T) is True for real tokens (right padding); ``offset`` is the position of the first token.
+        ``mask`` (B, T) is True for real tokens; ``offset`` is the position of the first token. Without a cache,
+        pad on the right. With ``cache`` (from ``new_cache``) the tokens are appended to it and attend to
+        everything cached before them: prefill a batch of left-padded prompts in one call, then feed one token
+        per row per call.
         """
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("pass exactly one of input_ids and inputs_embeds")
         x = self.embed(input_ids) if inputs_embeds is None else inputs_embeds  # (B, T, D)
-        return self.body(x, mask, offset)
+        return self.body(x, mask, offset, cache)
 
     @property
     def text_head_weight(self) -> torch.Tensor:

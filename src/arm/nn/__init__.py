@@ -1,10 +1,12 @@
-"""Plain ``nn.Module`` building blocks shared by every stage: RMSNorm, RoPE, GQA attention, SwiGLU, transformer."""
+"""Plain ``nn.Module`` building blocks shared by every stage: RMSNorm, RoPE, GQA attention, SwiGLU, transformer,
+KV cache."""
 
 from arm.nn.attention import Attention
+from arm.nn.kv_cache import KVCache
 from arm.nn.mlp import SwiGLU
 from arm.nn.norm import RMSNorm
 from arm.nn.rope import RotaryEmbedding, apply_rotary, rotate_half
 from arm.nn.transformer import Transformer, TransformerBlock, TransformerConfig
 
-__all__ = ["Attention", "RMSNorm", "RotaryEmbedding", "SwiGLU", "Transformer", "TransformerBlock",
+__all__ = ["Attention", "KVCache", "RMSNorm", "RotaryEmbedding", "SwiGLU", "Transformer", "TransformerBlock",
            "TransformerConfig", "apply_rotary", "rotate_half"]

@@ -6,10 +6,13 @@ it, Llama not), no bias on the output projection. Rotary embedding, when given, 
 projection. The product itself is ``torch.nn.functional.scaled_dot_product_attention``.
 
 Masks: ``causal`` restricts position t to keys <= t; ``mask`` (B, T) marks real tokens (True) versus padding
-(False) and hides padded keys. A query row whose keys are all hidden would be undefined; with right padding and a
-causal mask that never happens for real tokens, and padded positions' outputs are meant to be ignored.
+(False) and hides padded keys; every query also sees its own key, so a padded query (e.g. the first slots of a
+left-padded row) has a defined, ignorable output instead of an empty softmax. A prebuilt boolean mask
+(B, 1, T, S) is used as given.
 
-Simplification: no KV cache yet; ``offset`` only shifts rotary positions (the AR stage adds the cache).
+With a ``KVCache`` (``arm.nn.kv_cache``), keys and values are written into the cache's preallocated buffers and the
+queries attend over the filled slice; ``mask`` must then be the cache's ``attention_mask`` (see ``KVCache`` for why
+a decode step uses two plain matmuls instead of SDPA). Neither path copies the cache to repeat kv heads.
 """
 
 from __future__ import annotations
@@ -18,7 +21,31 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from arm.nn.kv_cache import KVCache
 from arm.nn.rope import apply_rotary
+
+
+def padding_attention_mask(mask: torch.Tensor, causal: bool) -> torch.Tensor:
+    """(B, T) real-token mask -> (B, 1, T, T) boolean attention mask: valid keys (up to the query if ``causal``),
+    plus each query's own key."""
+    T = mask.shape[1]
+    eye = torch.eye(T, dtype=torch.bool, device=mask.device)
+    visible = mask[:, None, None, :].bool()  # (B, 1, 1, T) keys
+    if causal:
+        visible = visible & eye.cumsum(0).bool()  # lower triangle: key <= query
+    return visible | eye
+
+
+def decode_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+    """Softmax attention of one query per row: ``q`` (B, H, 1, Dh) over ``k``, ``v`` (B, Hkv, S, Dh) with additive
+    float ``bias`` (B, 1, 1, S). The ``H // Hkv`` query heads sharing a kv head become the rows of one matmul, so
+    grouped-query attention needs no repeated keys. Scores and softmax in float32."""
+    B, H, _, Dh = q.shape
+    Hkv = k.shape[1]
+    q = q.reshape(B, Hkv, H // Hkv, Dh) * Dh ** -0.5  # (B, Hkv, group, Dh)
+    scores = torch.matmul(q, k.transpose(-1, -2)).float() + bias  # (B, Hkv, group, S)
+    weights = scores.softmax(-1).to(v.dtype)
+    return torch.matmul(weights, v).reshape(B, H, 1, Dh)
 
 
 class Attention(nn.Module):
@@ -39,8 +66,9 @@ class Attention(nn.Module):
         self.out = nn.Linear(num_heads * self.head_dim, dim, bias=False)
 
     def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor] | None = None,
-                mask: torch.Tensor | None = None) -> torch.Tensor:
-        """``x`` (B, T, D); ``rope`` the (cos, sin) tables (T, Dh); ``mask`` (B, T) bool, True = real token."""
+                mask: torch.Tensor | None = None, cache: KVCache | None = None, layer: int = 0) -> torch.Tensor:
+        """``x`` (B, T, D); ``rope`` the (cos, sin) tables (T, Dh) or per row (B, 1, T, Dh); ``mask`` (B, T) bool,
+        True = real token, or a prebuilt (B, 1, T, S) mask; ``cache``/``layer``: where this layer's keys go."""
         B, T, _ = x.shape
         q = self.q(x).view(B, T, self.num_heads, self.head_dim).transpose(1, 2)  # (B, H, T, Dh)
         k = self.k(x).view(B, T, self.num_kv_heads, self.head_dim).transpose(1, 2)  # (B, Hkv, T, Dh)
@@ -49,16 +77,20 @@ class Attention(nn.Module):
             cos, sin = rope
             q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
         group = self.num_heads // self.num_kv_heads
+        if cache is not None:
+            k, v = cache.write(layer, k, v)  # (B, Hkv, S, Dh) views of the filled slice
+            if T == 1:
+                y = decode_attention(q, k, v, mask)  # (B, H, 1, Dh)
+            else:
+                y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=group > 1)  # (B, H, T, Dh)
+            return self.out(y.transpose(1, 2).reshape(B, T, self.num_heads * self.head_dim))
         if group > 1:
             k = k.repeat_interleave(group, dim=1)  # (B, H, T, Dh)
             v = v.repeat_interleave(group, dim=1)
         attn_mask, is_causal = None, self.causal
         if mask is not None:
             # SDPA takes either is_causal or a mask, not both: fold causality into the boolean mask.
-            attn_mask = mask[:, None, None, :].bool()  # (B, 1, 1, T) keys
-            if self.causal:
-                tri = torch.ones(T, T, dtype=torch.bool, device=x.device).tril()
-                attn_mask = attn_mask & tri  # (B, 1, T, T)
+            attn_mask = mask if mask.dim() == 4 else padding_attention_mask(mask, self.causal)  # (B, 1, T, T)
             is_causal = False
         y = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, is_causal=is_causal)  # (B, H, T, Dh)
         return self.out(y.transpose(1, 2).reshape(B, T, self.num_heads * self.head_dim))

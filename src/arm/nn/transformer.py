@@ -4,6 +4,10 @@ A block is ``x + attn(norm(x))`` then ``x + mlp(norm(x))`` with RMSNorm and a Sw
 (paper §2 initialises the AR model from Qwen2.5). ``Transformer`` stacks blocks on top of input embeddings the
 caller provides (token embedding, patch embedding...) and ends with a final norm; it owns the rotary tables so
 every block rotates with the same positions.
+
+With a ``KVCache`` the stack decodes incrementally: each call appends its tokens to the cache, rotates them at
+per-row positions counted from the cache (so left-padded rows match unpadded ones) and attends over the filled
+slice; the per-call mask and positions are built once here, not per layer.
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ import torch
 from torch import nn
 
 from arm.nn.attention import Attention
+from arm.nn.kv_cache import KVCache
 from arm.nn.mlp import SwiGLU
 from arm.nn.norm import RMSNorm
 from arm.nn.rope import RotaryEmbedding
@@ -65,8 +70,9 @@ class TransformerBlock(nn.Module):
         self.mlp = SwiGLU(config.dim, config.hidden)
 
     def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor] | None = None,
-                mask: torch.Tensor | None = None) -> torch.Tensor:  # (B, T, D)
-        x = x + self.attn(self.attn_norm(x), rope, mask)
+                mask: torch.Tensor | None = None, cache: KVCache | None = None, layer: int = 0
+                ) -> torch.Tensor:  # (B, T, D)
+        x = x + self.attn(self.attn_norm(x), rope, mask, cache, layer)
         return x + self.mlp(self.mlp_norm(x))
 
 
@@ -81,9 +87,40 @@ class Transformer(nn.Module):
         self.rotary = (RotaryEmbedding(config.dim // config.num_heads, config.rope_theta, config.max_positions)
                        if config.rope else None)
 
-    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None, offset: int = 0) -> torch.Tensor:
-        """``x`` (B, T, D) embeddings; ``mask`` (B, T) True for real tokens; ``offset`` the first position."""
-        rope = self.rotary(x.shape[1], offset, x.dtype) if self.rotary is not None else None
-        for block in self.blocks:
-            x = block(x, rope, mask)
+    def new_cache(self, batch: int, max_len: int, dtype: torch.dtype | None = None,
+                  device: torch.device | str | None = None) -> KVCache:
+        """An empty ``KVCache`` for this stack (dtype and device default to the parameters')."""
+        c, p = self.config, self.norm.weight
+        return KVCache(c.num_layers, batch, c.num_kv_heads or c.num_heads, c.dim // c.num_heads, max_len,
+                       dtype or p.dtype, device or p.device)
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None, offset: int = 0,
+                cache: KVCache | None = None) -> torch.Tensor:
+        """``x`` (B, T, D) embeddings; ``mask`` (B, T) True for real tokens; ``offset`` the first position.
+
+        With ``cache``, ``x`` continues the cached tokens (``offset`` must be 0: positions come from the cache) and
+        its keys/values are appended; left-pad a batch of prompts (``mask`` False on the pads) so that every row's
+        next token lands in the same slot.
+        """
+        if cache is None:
+            rope = self.rotary(x.shape[1], offset, x.dtype) if self.rotary is not None else None
+            for block in self.blocks:
+                x = block(x, rope, mask)
+            return self.norm(x)  # (B, T, D)
+        if offset:
+            raise ValueError("offset must be 0 with a KV cache: positions are counted by the cache")
+        if not self.config.causal:
+            raise ValueError("a KV cache only makes sense for a causal transformer")
+        B, T, _ = x.shape
+        real = torch.ones(B, T, dtype=torch.bool, device=x.device) if mask is None else mask.bool()
+        positions = cache.append_mask(real)  # (B, T)
+        attn_mask = cache.attention_mask(T)  # (B, 1, T, S)
+        rope = None
+        if self.rotary is not None:
+            self.rotary(cache.length + T)  # grows the tables if needed (positions never exceed slots)
+            rope = (self.rotary.cos_cached[positions].to(x.dtype)[:, None],  # (B, 1, T, Dh)
+                    self.rotary.sin_cached[positions].to(x.dtype)[:, None])
+        for i, block in enumerate(self.blocks):
+            x = block(x, rope, attn_mask, cache, i)
+        cache.advance(T)
         return self.norm(x)  # (B, T, D)
