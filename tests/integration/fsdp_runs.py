@@ -38,16 +38,18 @@ FSDP2_STRATEGY = ["--trainer.strategy", "lightning.pytorch.strategies.ModelParal
 
 
 class StepLossRecorder(L.Callback):
-    """Reseeds torch at each batch from the optimiser step; writes ``{step: mean loss over ranks and
-    micro-batches}`` as JSON to ``path`` at the end of training (rank 0)."""
+    """Reseeds torch at each batch from the optimiser step; writes ``{step: [mean loss over ranks and
+    micro-batches, epoch]}`` as JSON to ``path`` at the end of training (rank 0)."""
 
     def __init__(self, path: str, seed: int = 1000) -> None:
         self.path, self.seed = path, seed
         self.losses: dict[int, list[float]] = defaultdict(list)
+        self.epochs: dict[int, int] = {}
         self.step = 0
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
         self.step = trainer.global_step  # still the step being accumulated, for every micro-batch of it
+        self.epochs[self.step] = trainer.current_epoch
         torch.manual_seed(self.seed + self.step)
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
@@ -58,7 +60,7 @@ class StepLossRecorder(L.Callback):
 
     def on_train_end(self, trainer, pl_module) -> None:
         if trainer.is_global_zero:
-            write_json_atomic(self.path, {str(k): sum(v) / len(v) for k, v in self.losses.items()})
+            write_json_atomic(self.path, {str(k): [sum(v) / len(v), self.epochs[k]] for k, v in self.losses.items()})
 
 
 def _members_by_sample(shard: Path) -> list[list[tarfile.TarInfo]]:
@@ -123,7 +125,13 @@ def run_two_ranks(module: str, runs: list[list[str]], log: Path) -> None:
 
 
 def read_losses(path: Path) -> dict[int, float]:
-    return {int(k): v for k, v in json.loads(path.read_text()).items()}
+    """{step: loss} from a ``StepLossRecorder`` file."""
+    return {int(k): v[0] for k, v in json.loads(path.read_text()).items()}
+
+
+def read_epochs(path: Path) -> dict[int, int]:
+    """{step: epoch} from a ``StepLossRecorder`` file."""
+    return {int(k): v[1] for k, v in json.loads(path.read_text()).items()}
 
 
 def recorder_args(path: Path) -> list[str]:
