@@ -17,14 +17,17 @@ from __future__ import annotations
 
 import importlib
 import json
+import math
 import os
 import subprocess
 import sys
 import tarfile
 from collections import defaultdict
+from collections.abc import Callable
 from pathlib import Path
 
 import lightning as L
+import pytest
 import torch
 
 from arm.io import write_json_atomic
@@ -143,6 +146,37 @@ def checkpoint_args(dirpath: Path) -> list[str]:
     return ["--trainer.enable_checkpointing", "true", "--trainer.callbacks+=ModelCheckpoint",
             "--trainer.callbacks.save_last=true", "--trainer.callbacks.every_n_train_steps=2",
             f"--trainer.callbacks.dirpath={dirpath}"]
+
+
+def train_sharded_and_resume(cli: str, fit: Callable[..., list[str]], rank_shards: list[str], tmp_path: Path,
+                             *extra: str) -> dict[int, float]:
+    """FSDP2 on 2 ranks (torchrun) for 2 steps with a distributed checkpoint, then a fresh fit resumed from it to
+    step 4; checks the checkpoint's layout and the steps each part ran; returns {step: mean loss}.
+
+    ``fit(train_shards, *args)`` builds the stage's ``fit`` command line.
+    """
+    ckpt, last = tmp_path / "ckpt", tmp_path / "ckpt" / "last.ckpt"
+    shards = "[" + ",".join(rank_shards) + "]"
+    common = [*FSDP2_STRATEGY, "--trainer.devices", "2", *checkpoint_args(ckpt), *extra]
+    run_two_ranks(cli, [
+        fit(shards, "--trainer.max_steps", "2", *common, *recorder_args(tmp_path / "first.json")),
+        fit(shards, "--trainer.max_steps", "4", *common, *recorder_args(tmp_path / "resumed.json"),
+            "--ckpt_path", str(last)),
+    ], tmp_path / "fsdp.log")
+    assert last.is_dir() and (last / ".metadata").is_file()  # a distributed checkpoint: one folder of shards
+    assert len(list(last.glob("*.distcp"))) == 2  # one shard file per rank
+    first, resumed = read_losses(tmp_path / "first.json"), read_losses(tmp_path / "resumed.json")
+    assert sorted(first) == [0, 1] and sorted(resumed) == [2, 3]  # the resumed run starts at the checkpoint's step
+    return {**first, **resumed}
+
+
+def assert_losses_match(sharded: dict[int, float], reference: dict[int, float], rtol: float) -> None:
+    """Per-step losses of the sharded run equal the reference's within ``rtol``, and training moved the loss."""
+    assert sorted(reference) == sorted(sharded) == [0, 1, 2, 3]
+    assert all(math.isfinite(v) for v in sharded.values())
+    for step in range(4):
+        assert sharded[step] == pytest.approx(reference[step], rel=rtol), (step, sharded, reference)
+    assert reference[3] != pytest.approx(reference[0], rel=1e-3)  # a no-op training would match trivially
 
 
 if __name__ == "__main__":  # one rank of run_two_ranks: MODULE ARGS [--then ARGS ...]

@@ -21,18 +21,18 @@ the same numbers in both set-ups; only the two-way gradient average is ordered d
 
 from __future__ import annotations
 
-import math
+from functools import partial
 
 import pytest
 
 from tests.integration.fsdp_runs import (
-    FSDP2_STRATEGY,
     ROOT,
+    assert_losses_match,
     checkpoint_args,
     read_losses,
     recorder_args,
     run_in_process,
-    run_two_ranks,
+    train_sharded_and_resume,
     write_rank_shards,
 )
 from tests.integration.test_ar_fit import parts  # noqa: F401  (the tiny tokenizer export and its code shards)
@@ -64,26 +64,7 @@ def test_fsdp2_two_processes_match_one_process_and_resume(tiny_world, parts, tmp
     run_in_process(cli, _fit(tiny_world, parts, tmp_path / "ref", shards["reference"], "--trainer.max_steps", "4",
                              *reference, *recorder_args(tmp_path / "ref_resumed.json"),
                              "--ckpt_path", str(ref_ckpt / "last.ckpt")))
-    ckpt, out = tmp_path / "ckpt", tmp_path / "fsdp"
-    rank_shards = "[" + ",".join(shards["ranks"]) + "]"
-    fsdp = [*FSDP2_STRATEGY, "--trainer.devices", "2", "--model.activation_checkpointing", "true",
-            *checkpoint_args(ckpt)]
-    last = ckpt / "last.ckpt"
-    run_two_ranks(cli, [
-        _fit(tiny_world, parts, out, rank_shards, "--trainer.max_steps", "2", *fsdp,
-             *recorder_args(tmp_path / "first.json")),
-        _fit(tiny_world, parts, out, rank_shards, "--trainer.max_steps", "4", *fsdp,
-             *recorder_args(tmp_path / "resumed.json"), "--ckpt_path", str(last)),
-    ], tmp_path / "fsdp.log")
-    assert last.is_dir() and (last / ".metadata").is_file()  # a distributed checkpoint: one folder of shards
-    assert len(list(last.glob("*.distcp"))) == 2  # one shard file per rank
-
+    sharded = train_sharded_and_resume(cli, partial(_fit, tiny_world, parts, tmp_path / "fsdp"), shards["ranks"],
+                                       tmp_path, "--model.activation_checkpointing", "true")
     ref = {**read_losses(tmp_path / "ref_first.json"), **read_losses(tmp_path / "ref_resumed.json")}
-    first, resumed = read_losses(tmp_path / "first.json"), read_losses(tmp_path / "resumed.json")
-    assert sorted(ref) == [0, 1, 2, 3] and sorted(first) == [0, 1]
-    assert sorted(resumed) == [2, 3]  # the resumed run starts at the checkpoint's step
-    sharded = {**first, **resumed}
-    assert all(math.isfinite(v) for v in sharded.values())
-    for step in range(4):
-        assert sharded[step] == pytest.approx(ref[step], rel=LOSS_RTOL), (step, sharded, ref)
-    assert ref[3] != pytest.approx(ref[0], rel=1e-3)  # the runs trained: a no-op would match trivially
+    assert_losses_match(sharded, ref, LOSS_RTOL)

@@ -20,7 +20,7 @@ since Adam's update hardly depends on the gradient's scale.
 
 from __future__ import annotations
 
-import math
+from functools import partial
 
 import pytest
 import torch
@@ -29,13 +29,12 @@ from arm.ar.lm_module import save_lm
 from arm.ar.model import ARConfig, ARDecoder
 from arm.teacher.model import DualEncoder, TeacherConfig, save_teacher
 from tests.integration.fsdp_runs import (
-    FSDP2_STRATEGY,
     ROOT,
-    checkpoint_args,
+    assert_losses_match,
     read_losses,
     recorder_args,
     run_in_process,
-    run_two_ranks,
+    train_sharded_and_resume,
     write_rank_shards,
 )
 
@@ -76,25 +75,6 @@ def test_fsdp2_two_processes_match_one_process_and_resume(frozen_parts, tiny_wor
     run_in_process(cli, _fit(frozen_parts, tiny_world, tmp_path / "ref", shards["reference"],
                              "--trainer.accumulate_grad_batches", "2", "--trainer.limit_val_batches", "0",
                              *recorder_args(tmp_path / "ref.json")))
-    ckpt, out = tmp_path / "ckpt", tmp_path / "fsdp"
-    rank_shards = "[" + ",".join(shards["ranks"]) + "]"
-    fsdp = [*FSDP2_STRATEGY, "--trainer.devices", "2", "--trainer.limit_val_batches", "1", *checkpoint_args(ckpt)]
-    last = ckpt / "last.ckpt"
-    run_two_ranks(cli, [
-        _fit(frozen_parts, tiny_world, out, rank_shards, "--trainer.max_steps", "2", *fsdp,
-             *recorder_args(tmp_path / "first.json")),
-        _fit(frozen_parts, tiny_world, out, rank_shards, "--trainer.max_steps", "4", *fsdp,
-             *recorder_args(tmp_path / "resumed.json"), "--ckpt_path", str(last)),
-    ], tmp_path / "fsdp.log")
-    assert last.is_dir() and (last / ".metadata").is_file()  # a distributed checkpoint: one folder of shards
-    assert len(list(last.glob("*.distcp"))) == 2  # one shard file per rank
-
-    ref = read_losses(tmp_path / "ref.json")
-    first, resumed = read_losses(tmp_path / "first.json"), read_losses(tmp_path / "resumed.json")
-    assert sorted(ref) == [0, 1, 2, 3] and sorted(first) == [0, 1]
-    assert sorted(resumed) == [2, 3]  # the resumed run starts at the checkpoint's step
-    sharded = {**first, **resumed}
-    assert all(math.isfinite(v) for v in sharded.values())
-    for step in range(4):
-        assert sharded[step] == pytest.approx(ref[step], rel=LOSS_RTOL), (step, sharded, ref)
-    assert ref[3] != pytest.approx(ref[0], rel=1e-3)  # the runs trained: a no-op would match trivially
+    sharded = train_sharded_and_resume(cli, partial(_fit, frozen_parts, tiny_world, tmp_path / "fsdp"),
+                                       shards["ranks"], tmp_path, "--trainer.limit_val_batches", "1")
+    assert_losses_match(sharded, read_losses(tmp_path / "ref.json"), LOSS_RTOL)
