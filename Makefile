@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 PIP := $(PY) -m pip install --quiet --disable-pip-version-check
 export PYTHONUNBUFFERED := 1
 
-.PHONY: setup test test-all demo bench lint table7 eval clean
+.PHONY: setup test test-all demo bench lint table7 eval figures clean
 
 setup: $(STAMP)
 
@@ -43,6 +43,10 @@ DATA ?= results/demo/world/bench
 EVAL_OUT ?= results/eval
 eval: setup
 	$(VENV)/bin/arm eval all --ckpt $(CKPT) --data $(DATA) --out $(EVAL_OUT)
+
+# Tables and figures from results files only (no model is run); missing inputs are listed as skipped.
+figures: setup
+	$(VENV)/bin/arm figures --results results --out figures
 
 lint: setup
 	$(VENV)/bin/ruff check src tests eval

@@ -92,9 +92,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_ar_commands(sub, _Formatter)
 
-    from arm.eval.cli import add_eval_parser  # argparse only: keeps `arm --help` instant
+    from arm.eval.cli import add_eval_parser, add_figures_parser  # argparse only: keeps `arm --help` instant
 
     add_eval_parser(sub, _Formatter)
+    add_figures_parser(sub, _Formatter)
 
     for name, (_, help_) in _available_stages().items():
         stage = sub.add_parser(name, help=help_, add_help=False)
@@ -139,6 +140,10 @@ def _dispatch(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
         from arm.eval.cli import run_eval
 
         return run_eval(args)
+    if args.command == "figures":
+        from arm.eval.cli import run_figures
+
+        return run_figures(args)
     if args.command in ("generate", "edit", "ask"):
         from arm.ar.commands import run as run_ar_command
 

@@ -4,6 +4,11 @@
 protocol into ``OUT/<protocol>/`` and writes ``OUT/summary.json`` with each protocol's headline numbers.
 Files that are not yet in the real format are converted first (``arm.eval.convert``): MME from
 ``mme.jsonl``, POPE from ``vqa.jsonl``'s existence questions, captions from the world's test shards.
+
+``arm eval synergy --sft DIR --recipe NAME=DIR ... --out DIR`` runs no model: it compares ``arm eval all``
+folders (``arm.eval.synergy``), each recipe against SFT with paired-bootstrap intervals, and writes
+``OUT/synergy.{json,md,png,pdf}``; ``--table8 FILE`` also writes Table 8's JSON (``arm.eval.figures_tables``).
+Recipe names of the paper's Table 8: sft, t2i, edit, t2i_edit, t2i_edit_joint.
 """
 
 from __future__ import annotations
@@ -28,11 +33,15 @@ HEADLINES = {
 def add_eval_parser(sub: argparse._SubParsersAction, formatter: type) -> None:
     p = sub.add_parser("eval", help="run a benchmark protocol (GenEval, WISE, GEdit, VQA, MME, POPE, captions)",
                        formatter_class=formatter, description=__doc__)
-    p.add_argument("protocol", choices=(*PROTOCOLS, "all"))
-    p.add_argument("--ckpt", required=True, help="AR checkpoint (weights file or export folder), or `dummy`")
-    p.add_argument("--data", required=True,
-                   help="benchmark file (MME: a subtask .txt or a folder of them); for `all`, a bench folder")
+    p.add_argument("protocol", choices=(*PROTOCOLS, "all", "synergy"))
+    p.add_argument("--ckpt", help="AR checkpoint (weights file or export folder), or `dummy` (all but synergy)")
+    p.add_argument("--data", help="benchmark file (MME: a subtask .txt or a folder of them); for `all`, a bench "
+                                  "folder (all but synergy)")
     p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--sft", help="synergy: the SFT model's `arm eval all` folder")
+    p.add_argument("--recipe", action="append", default=[], metavar="NAME=DIR",
+                   help="synergy: an RL recipe's `arm eval all` folder (repeat for each recipe)")
+    p.add_argument("--table8", default=None, help="synergy: also write Table 8's JSON (SFT + recipes) to this file")
     p.add_argument("--judge", choices=("shapeworld", "openai"), default="shapeworld",
                    help="who scores generated / edited images")
     p.add_argument("--judge-url", default=None, help="OpenAI-compatible base URL for --judge openai")
@@ -84,7 +93,35 @@ def bench_file(protocol: str, bench: Path, out: Path) -> Path | None:
     return None
 
 
+def run_synergy(args: argparse.Namespace) -> int:
+    """``arm eval synergy``: every recipe's paired change against SFT, and optionally Table 8's JSON."""
+    from arm.eval.figures_tables import build_table8
+    from arm.eval.synergy import synergy, write_synergy
+    from arm.io import write_json_atomic
+
+    if not args.sft or not args.recipe:
+        raise ValueError("`arm eval synergy` needs --sft DIR and at least one --recipe NAME=DIR")
+    recipes = {}
+    for item in args.recipe:
+        name, sep, folder = item.partition("=")
+        if not sep or not name or not folder:
+            raise ValueError(f"--recipe takes NAME=DIR, got {item!r}")
+        recipes[name] = folder
+    result = synergy(args.sft, recipes, seed=args.seed)
+    written = write_synergy(result, args.out)
+    if args.table8:
+        write_json_atomic(args.table8, build_table8({"sft": args.sft, **recipes}, seed=args.seed))
+        written.append(Path(args.table8))
+    print((Path(args.out) / "synergy.md").read_text(), end="")
+    print("\n".join(f"wrote {p}" for p in written))
+    return 0
+
+
 def run_eval(args: argparse.Namespace) -> int:
+    if args.protocol == "synergy":
+        return run_synergy(args)
+    if not args.ckpt or not args.data:
+        raise ValueError(f"`arm eval {args.protocol}` needs --ckpt CKPT and --data FILE")
     from arm.eval.common import Run
     from arm.eval.interface import load_model
     from arm.eval.judges import make_judge
@@ -121,3 +158,20 @@ def run_eval(args: argparse.Namespace) -> int:
     except JudgeUnavailable as err:
         print(f"arm: error: {err}", file=sys.stderr)
         return 2
+
+
+def add_figures_parser(sub: argparse._SubParsersAction, formatter: type) -> None:
+    from arm.eval import figures
+
+    p = sub.add_parser("figures", help="regenerate the paper's tables and figures from results files (no model run)",
+                       formatter_class=formatter, description=figures.__doc__)
+    p.add_argument("--results", default="results", help="results folder to read")
+    p.add_argument("--out", default="figures", help="folder for the tables (md, tex) and figures (png, pdf)")
+
+
+def run_figures(args: argparse.Namespace) -> int:
+    from arm.eval.figures import make_figures
+
+    report = make_figures(args.results, args.out)
+    print(report.summary())
+    return 0
