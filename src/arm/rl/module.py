@@ -1,0 +1,249 @@
+"""``GRPOModule``: GRPO on the image tokens of the unified AR model, with verifiable rewards (ARM §3).
+
+Each training step takes a batch of prompts of one task (``arm.rl.data``), draws ``group_size`` images per
+prompt with the policy (``arm.rl.rollout``), scores them (``arm.rl.rewards``), turns the rewards into group-
+normalised advantages and takes ``num_passes`` optimiser steps on the GRPO loss (``arm.rl.grpo``: clipped ratio
+on image tokens, k3 KL to the reference) over the rollout batch, in micro-batches of ``micro_batch`` rows whose
+gradients are accumulated. The policy starts from an AR export (``arm ar fit`` writes ``<root>/ar``); the
+reference is a frozen copy of it. At the end of fit the policy is exported in the AR export format to
+``<default_root_dir>/ar``, so ``arm generate|edit|ask --ckpt``, ``arm eval`` and the next recipe
+(``model.init_from``) read it.
+
+Logged (TensorBoard): ``reward/total`` and every component ``reward/<name>/<part>`` (mean over the rows it scores)
+with ``reward_std/...`` (spread over the batch), ``reward_tag/<GenEval tag>`` and ``reward_edit/<edit type>``
+(mean total per tag / type), ``train/loss``, ``train/policy_loss``, ``train/kl`` (k3, per token), ``train/
+clip_fraction``, ``train/ratio``, ``train/entropy`` (of the scored distribution, per image token),
+``train/zero_spread_groups`` (groups whose rewards are all equal: no signal), ``rollout/images_per_s`` (sampled,
+decoded and scored) and ``rollout/seconds``. Validation: one image per val prompt, ``val/reward/...`` and
+``val/geneval_correct`` / ``val/edit_match`` when those rewards are configured.
+
+Deliberate simplifications against the paper (ARM §3, DeepSeekMath's GRPO):
+- Log-probabilities for the ratio, the KL and the entropy are those of the policy's *unguided conditional*
+  distribution with logits divided by the sampling temperature (as TRL's GRPO trainer does), over the full
+  codebook. Rollouts are drawn with CFG and top-k / top-p, so they are slightly off-policy for that distribution;
+  the ratio of the first pass is exactly 1 (old = current weights), as in DeepSeekMath with one pass.
+- ``trainer.max_steps`` counts optimiser steps: ``num_passes`` per rollout batch.
+- Outcome rewards only (one advantage per image), no process supervision, no reward model training.
+- The reference and the image tokenizer stay whole on every rank (not sharded) and are left out of Lightning
+  checkpoints (they are reloaded from the export named by ``init_from``).
+- Rewards run on the CPU, one image at a time (the ShapeWorld detector is numpy).
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import random
+from typing import Any
+
+import lightning as L
+import torch
+
+from arm.ar.module import EXPORT_DIR, load_ar_bundle, save_ar
+from arm.optim import adamw_warmup_cosine, trainer_total_steps
+from arm.rl.grpo import group_advantages, grpo_loss
+from arm.rl.rewards import Reward, RewardSet
+from arm.rl.rollout import Rollout, RolloutConfig, rollout
+
+FROZEN_PREFIXES = ("reference.", "image_tokenizer.")
+"""State-dict prefixes left out of Lightning checkpoints: reloaded from the export instead."""
+
+
+def image_token_logprobs(model, prompts: list[list[int]], codes: torch.Tensor, temperature: float = 1.0
+                         ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-token log-probability (B, N) of ``codes`` after each prompt, and the entropy (B, N) of the scored
+    distribution (image-head logits / temperature). Sequences are right-padded: causal attention needs no mask."""
+    B, N = codes.shape
+    device = codes.device
+    lengths = torch.tensor([len(p) for p in prompts], device=device)
+    width = int(lengths.max()) + N - 1
+    ids = torch.zeros(B, width, dtype=torch.long, device=device)
+    image_ids = model.image_ids(codes)  # (B, N)
+    for i, prompt in enumerate(prompts):
+        ids[i, :len(prompt)] = torch.tensor(prompt, device=device)
+        ids[i, len(prompt): len(prompt) + N - 1] = image_ids[i, :-1]
+    hidden = model(input_ids=ids)  # (B, W, D)
+    positions = (lengths - 1)[:, None] + torch.arange(N, device=device)[None]  # (B, N): output predicting code j
+    picked = hidden.gather(1, positions[..., None].expand(-1, -1, hidden.shape[-1]))  # (B, N, D)
+    logp_all = (model.image_logits(picked).float() / temperature).log_softmax(-1)  # (B, N, C)
+    logp = logp_all.gather(-1, codes[..., None]).squeeze(-1)
+    entropy = -(logp_all.exp() * logp_all).sum(-1)
+    return logp, entropy
+
+
+class GRPOModule(L.LightningModule):
+    def __init__(
+        self,
+        init_from: str,
+        rewards: list[Reward],
+        rollout: RolloutConfig | None = None,
+        lr: float = 3e-5,
+        betas: tuple[float, float] = (0.9, 0.95),
+        weight_decay: float = 0.0,
+        warmup_steps: int = 0,
+        clip_eps: float = 0.2,
+        beta: float = 0.01,
+        reduction: str = "sequence",
+        num_passes: int = 1,
+        micro_batch: int | None = None,
+        grad_clip: float = 1.0,
+        adv_eps: float = 1e-4,
+        val_group_size: int = 1,
+        export: bool = True,
+    ) -> None:
+        """
+        Args:
+            init_from: AR export folder of the starting policy (``arm ar fit`` or a previous ``arm rl fit``
+                writes ``<root>/ar``); the reference is a frozen copy of it.
+            rewards: the rewards (``class_path`` + ``init_args`` each, see ``arm.rl.rewards``), summed with their
+                weights.
+            rollout: group size, sampling and decoding settings (``arm.rl.rollout.RolloutConfig``).
+            lr: AdamW learning rate (ARM: 3e-5 for T2I RL, 5e-5 for edit RL).
+            betas: AdamW betas (ARM §2: 0.9, 0.95).
+            weight_decay: AdamW decoupled weight decay on matrices.
+            warmup_steps: linear warm-up (optimiser steps) before the cosine decay to ``trainer.max_steps``.
+            clip_eps: clipping range of the importance ratio (ARM: 0.2).
+            beta: weight of the k3 KL to the reference (ARM: 0.01).
+            reduction: ``sequence`` (mean over each image's tokens, then images) or ``token`` (``arm.rl.grpo``).
+            num_passes: optimiser steps per rollout batch (1 = on-policy).
+            micro_batch: rows per forward/backward of the loss (gradients accumulated); ``None`` = all at once.
+            grad_clip: gradient-norm clipping (0 = off); set here, not on the trainer (manual optimisation).
+            adv_eps: added to the group standard deviation.
+            val_group_size: images per val prompt.
+            export: write ``<default_root_dir>/ar`` at the end of fit.
+        """
+        super().__init__()
+        self.save_hyperparameters(ignore=["rewards"])
+        self.automatic_optimization = False
+        if num_passes < 1:
+            raise ValueError(f"num_passes must be >= 1, got {num_passes}")
+        self.rollout_config = rollout or RolloutConfig()
+        bundle = load_ar_bundle(init_from)
+        if bundle.image_tokenizer is None:
+            raise ValueError(f"the AR export {init_from!r} names no image tokenizer export; GRPO needs it to decode "
+                             f"rollouts for the rewards")
+        self.policy = bundle.model.train()
+        self.reference = copy.deepcopy(bundle.model).eval().requires_grad_(False)
+        self.image_tokenizer = bundle.image_tokenizer
+        self.builder, self.meta = bundle.builder, bundle.meta
+        self.rewards = RewardSet(rewards)
+        self.rewards.setup(self.policy, self.builder)
+
+    # ------------------------------------------------------------------------------------------ checkpoints
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        state = checkpoint["state_dict"]
+        for key in [k for k in state if k.startswith(FROZEN_PREFIXES)]:
+            del state[key]
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["state_dict"].update({k: v for k, v in self.state_dict().items() if k.startswith(FROZEN_PREFIXES)})
+
+    def configure_model(self) -> None:
+        if self.device_mesh is not None:
+            from arm.parallel import parallelize
+
+            parallelize(self.policy, self.device_mesh["data_parallel"], self.policy.body.blocks)
+
+    def configure_optimizers(self) -> dict[str, Any]:
+        hp = self.hparams
+        return adamw_warmup_cosine(self.policy.parameters(), hp.lr, hp.weight_decay, hp.betas, hp.warmup_steps,
+                                   trainer_total_steps(self))
+
+    # ---------------------------------------------------------------------------------------------- rollouts
+
+    def _generator(self, stage: str) -> torch.Generator:
+        """Seeded by (step, rank, stage): a resumed run draws what the uninterrupted one would have."""
+        seed = random.Random(f"rl/{stage}/{self.global_step}/{self.global_rank}").getrandbits(62)
+        return torch.Generator(device=self.device).manual_seed(seed)
+
+    def _rollout(self, records: list[dict], stage: str, group_size: int | None = None) -> Rollout:
+        self.policy.eval()
+        try:
+            return rollout(self.policy, self.builder, self.image_tokenizer, records, self.rollout_config,
+                           self.rewards, self._generator(stage), group_size)
+        finally:
+            self.policy.train()
+
+    def _log_rewards(self, out: Rollout, prefix: str) -> None:
+        B = len(out.records)
+        for key, values in out.rewards.items():
+            name = "total" if key == "total" else key
+            valid = values[~torch.isnan(values)]
+            if valid.numel():
+                self.log(f"{prefix}reward/{name}", valid.mean(), batch_size=B)
+                if prefix == "" and valid.numel() > 1:
+                    self.log(f"reward_std/{name}", valid.std(), batch_size=B)
+        for field, group in (("tag", "reward_tag"), ("edit_type", "reward_edit")):
+            labels = [r.get(field) for r in out.records]
+            for label in sorted({x for x in labels if x}):
+                rows = torch.tensor([x == label for x in labels])
+                self.log(f"{prefix}{group}/{label}", out.rewards["total"][rows].mean(), batch_size=int(rows.sum()))
+
+    # ---------------------------------------------------------------------------------------------- training
+
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        hp, config = self.hparams, self.rollout_config
+        out = self._rollout(list(batch["record"]), "train")
+        advantages = group_advantages(out.rewards["total"], config.group_size, hp.adv_eps).to(self.device)
+        codes = out.codes.to(self.device)
+        rows = codes.shape[0]
+        micro = hp.micro_batch or rows
+        chunks = [slice(i, i + micro) for i in range(0, rows, micro)]
+        with torch.no_grad():
+            ref_logp = torch.cat([image_token_logprobs(self.reference, out.prompts[c], codes[c], config.temperature)[0]
+                                  for c in chunks]) if hp.beta else None
+            old_logp = None
+            if hp.num_passes > 1:  # later passes need the sampling policy's log-probs; pass 1 has ratio 1 anyway
+                old_logp = torch.cat([image_token_logprobs(self.policy, out.prompts[c], codes[c],
+                                                           config.temperature)[0] for c in chunks])
+        opt, sched = self.optimizers(), self.lr_schedulers()
+        for _ in range(hp.num_passes):
+            totals: dict[str, float] = {}
+            for c in chunks:
+                logp, entropy = image_token_logprobs(self.policy, out.prompts[c], codes[c], config.temperature)
+                old = logp.detach() if old_logp is None else old_logp[c]
+                loss, stats = grpo_loss(logp, old, None if ref_logp is None else ref_logp[c], advantages[c],
+                                        torch.ones_like(logp, dtype=torch.bool), hp.clip_eps, hp.beta, hp.reduction)
+                share = (min(c.stop, rows) - c.start) / rows
+                self.manual_backward(loss * share)
+                stats = {**stats, "loss": loss.detach(), "entropy": entropy.detach().mean()}
+                for key, value in stats.items():
+                    totals[key] = totals.get(key, 0.0) + float(value) * share
+            if hp.grad_clip:
+                self.clip_gradients(opt, gradient_clip_val=hp.grad_clip, gradient_clip_algorithm="norm")
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+            sched.step()
+        self.log_dict({f"train/{k}": v for k, v in totals.items()}, batch_size=rows)
+        groups = out.rewards["total"].view(-1, config.group_size)
+        self.log("train/zero_spread_groups", (groups.max(1).values == groups.min(1).values).float().mean(),
+                 batch_size=rows)
+        self.log("rollout/images_per_s", rows / max(out.seconds, 1e-9), prog_bar=True, batch_size=rows)
+        self.log("rollout/seconds", out.seconds, batch_size=rows)
+        self._log_rewards(out, "")
+
+    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        out = self._rollout(list(batch["record"]), "val", self.hparams.val_group_size)
+        self._log_rewards(out, "val/")
+        for key, name in (("geneval/correct", "val/geneval_correct"), ("edit/match", "val/edit_match")):
+            values = out.rewards.get(key)
+            if values is not None and not bool(torch.isnan(values).all()):
+                valid = values[~torch.isnan(values)]
+                self.log(name, valid.mean(), batch_size=valid.numel(), sync_dist=True)
+
+    # ------------------------------------------------------------------------------------------------ export
+
+    def export_dir(self) -> str:
+        return os.path.join(self.trainer.default_root_dir, EXPORT_DIR)
+
+    def on_fit_end(self) -> None:
+        if not self.hparams.export:
+            return
+        from arm.parallel import full_state_dict
+
+        state = full_state_dict(self.policy)  # a collective under FSDP: every rank takes part
+        if self.trainer.is_global_zero:
+            source = self.hparams.init_from
+            save_ar(state, self.policy.config, tuple(self.meta["grid"]), self.export_dir(),
+                    os.path.join(source, self.meta["text_tokenizer"]), self.meta.get("tokenizer_export"))
