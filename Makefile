@@ -34,6 +34,10 @@ bench: setup
 	GLIBC_TUNABLES=glibc.malloc.mmap_threshold=33554432:glibc.malloc.trim_threshold=17179869184 \
 		$(VENV)/bin/arm bench --out results/bench.json
 
+# One CUDA GPU: ~1B AR model, bf16, FSDP2, tokens/s and MFU against a bf16 matmul peak measured in the same run.
+bench-gpu: setup
+	$(PY) scripts/bench_gpu.py --out results/bench_gpu.json
+
 table7: setup
 	$(VENV)/bin/arm tokenizer table7 --out results --demo results/demo
 
