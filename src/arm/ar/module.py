@@ -77,20 +77,20 @@ def token_nll(model: ARDecoder, ids: torch.Tensor, loss_mask: torch.Tensor) -> d
     Returns ``image`` / ``text`` (the NLLs of scored image / text targets, flat) and ``image_rows`` / ``text_rows``
     (the batch row of each). Heads are applied to the scored positions only.
     """
-    hidden = model(input_ids=ids[:, :-1])  # (B, T-1, D); causal + right padding: no mask needed
-    targets, scored = ids[:, 1:], loss_mask[:, 1:]  # (B, T-1)
+    hidden = model(input_ids=ids[:, :-1]).flatten(0, 1)  # (B*(T-1), D); causal + right padding: no mask needed
+    targets, scored = ids[:, 1:].flatten(), loss_mask[:, 1:].flatten()  # (B*(T-1),)
     offset = model.config.image_token_offset
     is_image = targets >= offset
-    rows = torch.arange(ids.shape[0], device=ids.device)[:, None].expand_as(targets)
+    width = ids.shape[1] - 1
     out = {}
     for name, select in (("image", scored & is_image), ("text", scored & ~is_image)):
-        h = hidden[select]  # (N, D)
-        if name == "image":
-            logits, target = model.image_logits(h), targets[select] - offset
-        else:
-            logits, target = model.text_logits(h), targets[select]
-        out[name] = F.cross_entropy(logits.float(), target, reduction="none")  # (N,)
-        out[f"{name}_rows"] = rows[select]
+        # index_select (backward: index_add) rather than boolean indexing, whose backward is slower on the CPU
+        index = select.nonzero().squeeze(1)  # (N,)
+        h = hidden.index_select(0, index)  # (N, D)
+        target = targets.index_select(0, index)
+        logits = model.image_logits(h) if name == "image" else model.text_logits(h)
+        out[name] = F.cross_entropy(logits.float(), target - offset if name == "image" else target, reduction="none")
+        out[f"{name}_rows"] = torch.div(index, width, rounding_mode="floor")
     return out
 
 
@@ -398,7 +398,8 @@ def load_ar_bundle(directory: str, device: torch.device | str = "cpu", image_tok
         config.text_vocab_size, config.num_special_tokens, config.num_image_codes, f"the AR export {directory!r}")
     model = ARDecoder(config)
     model.load_state_dict(state)
+    # No max_len: inference checks prompt + new tokens against the context (sequences.check_fits) instead.
     builder = SequenceBuilder(tokenizer, VocabLayout(config.text_vocab_size, config.num_image_codes),
-                              tuple(meta["grid"]), config.max_seq_len)
+                              tuple(meta["grid"]))
     return ARBundle(model.to(device).eval(), builder, bundle, meta)
 
