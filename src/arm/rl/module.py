@@ -89,6 +89,8 @@ class GRPOModule(L.LightningModule):
         grad_clip: float = 1.0,
         adv_eps: float = 1e-4,
         val_group_size: int = 1,
+        activation_checkpointing: bool = False,
+        reference_dtype: str = "float32",
         export: bool = True,
     ) -> None:
         """
@@ -110,6 +112,10 @@ class GRPOModule(L.LightningModule):
             grad_clip: gradient-norm clipping (0 = off); set here, not on the trainer (manual optimisation).
             adv_eps: added to the group standard deviation.
             val_group_size: images per val prompt.
+            activation_checkpointing: recompute the policy's block activations in backward (with
+                ``ModelParallelStrategy``).
+            reference_dtype: dtype of the frozen reference's weights (``bfloat16`` halves its memory; its
+                log-probabilities are computed in float32 either way).
             export: write ``<default_root_dir>/ar`` at the end of fit.
         """
         super().__init__()
@@ -123,7 +129,10 @@ class GRPOModule(L.LightningModule):
             raise ValueError(f"the AR export {init_from!r} names no image tokenizer export; GRPO needs it to decode "
                              f"rollouts for the rewards")
         self.policy = bundle.model.train()
-        self.reference = copy.deepcopy(bundle.model).eval().requires_grad_(False)
+        dtype = getattr(torch, reference_dtype, None)
+        if not isinstance(dtype, torch.dtype):
+            raise ValueError(f"reference_dtype {reference_dtype!r} is not a torch dtype; use float32 or bfloat16")
+        self.reference = copy.deepcopy(bundle.model).to(dtype).eval().requires_grad_(False)
         self.image_tokenizer = bundle.image_tokenizer
         self.builder, self.meta = bundle.builder, bundle.meta
         self.rewards = RewardSet(rewards)
@@ -143,7 +152,8 @@ class GRPOModule(L.LightningModule):
         if self.device_mesh is not None:
             from arm.parallel import parallelize
 
-            parallelize(self.policy, self.device_mesh["data_parallel"], self.policy.body.blocks)
+            parallelize(self.policy, self.device_mesh["data_parallel"], self.policy.body.blocks,
+                        self.hparams.activation_checkpointing)
 
     def configure_optimizers(self) -> dict[str, Any]:
         hp = self.hparams
