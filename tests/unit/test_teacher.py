@@ -289,3 +289,53 @@ def test_hard_negative_ranking_loss_hand_computed():
     # image 0: logits (10, 0) -> log(1 + e^-10); image 1: logits (0, 10) -> log(1 + e^10)
     expected = (math.log1p(math.exp(-10)) + math.log1p(math.exp(10))) / 2
     assert hard_negative_ranking_loss(img, pos, neg, scale).item() == pytest.approx(expected, rel=1e-5)
+
+
+def test_cnn_stem_downsamples_by_patch_size_and_rejects_odd_patches():
+    import dataclasses
+
+    from arm.teacher.model import cnn_stem
+
+    stem = cnn_stem(8, 32)
+    convs = [m for m in stem if isinstance(m, torch.nn.Conv2d)]
+    assert [c.stride for c in convs] == [(2, 2)] * 3 and convs[-1].out_channels == 32  # log2(8) = 3 halvings
+    assert stem(torch.rand(2, 3, 32, 32)).shape == (2, 32, 4, 4)
+    model = DualEncoder(dataclasses.replace(TINY, stem="cnn"))
+    assert model.patch_features(_batch()[0]).shape == (3, 16, 32)
+    with pytest.raises(ValueError, match="power-of-two"):
+        cnn_stem(6, 32)
+
+
+def test_caption_head_loss_reads_the_image_and_is_not_exported(tmp_path):
+    import random
+
+    from arm.ar.model import prefix_caption_loss
+    from arm.data.shapeworld.scene import scene_for
+    from arm.data.shapeworld.text import caption
+    from arm.data.text_tokenizer import train_text_tokenizer
+    from arm.teacher.module import TeacherModule
+
+    tok = str(tmp_path / "tokenizer.json")
+    rng = random.Random(0)
+    train_text_tokenizer([caption(scene_for(0, "train", i), rng) for i in range(200)], 300, tok)
+    cfg = TeacherConfig(embed_dim=16, image_dim=32, text_dim=32, image_layers=1, text_layers=1, image_heads=2,
+                        text_heads=2, stem="cnn")
+    metas = [{"key": f"k{i}", "scene": scene_for(0, "train", i).to_json(), "caption": f"cap {i}"} for i in range(4)]
+    batch = {"meta": metas, "image": torch.rand(4, 3, 64, 64)}
+    plain = TeacherModule(tok, cfg)
+    assert plain.caption_head is None  # weight 0 builds no decoder
+    torch.manual_seed(0)
+    module = TeacherModule(tok, cfg, caption_weight=0.5)
+    # The caption term is exactly caption_weight x the prefix-LM loss of the full caption on the patch features.
+    features = module.model.patch_features(batch["image"])
+    ids, mask = module._encode([m["caption"] for m in metas])
+    expected = prefix_caption_loss(module.caption_head, module.caption_prefix(features), ids, mask)
+    torch.testing.assert_close(module._caption_loss(features, [m["caption"] for m in metas]), expected)
+    # Gradients of the caption loss reach the image tower (that is its purpose) ...
+    expected.backward()
+    assert module.model.patch_embed[0].weight.grad.abs().sum() > 0
+    # ... and the optimiser trains the decoder, but the export holds only the dual encoder.
+    names = {id(p) for g in module.configure_optimizers()["optimizer"].param_groups for p in g["params"]}
+    assert all(id(p) in names for p in module.caption_head.parameters())
+    save_teacher(module.model, module.config, str(tmp_path / "t"))
+    assert load_teacher(str(tmp_path / "t")).state_dict().keys() == module.model.state_dict().keys()

@@ -33,6 +33,15 @@ positive beats its own hard negative(s).
 Measured (experiments/LOG.md, 2026-11-28): colour rises to 1.00, but shape stays near chance (0.19-0.26) in the
 450-step budget; this loss alone does not reach the 0.95 shape target.
 
+Captioning decoder (LocCa, Wan et al. 2024, as used by SigLIP 2, Tschannen et al. 2025): with ``caption_weight``
+> 0 a small causal decoder (an ``arm.ar.model.ARDecoder`` of ``caption_layers`` blocks at the text width) reads
+the image tower's patch features, linearly projected, as a prefix and predicts the sample's full caption token by
+token; its cross-entropy is added to the loss with that weight. Why: the caption names every object's class,
+colour, size and position, so each image gets a dense, per-object signal, where the contrastive loss is satisfied
+by colour and position alone (see the LOG). The decoder is training machinery only: it is saved in Lightning
+checkpoints but not exported with the teacher. Simplification against LocCa: no referring-expression or box
+tasks, a decoder-only prefix LM instead of cross-attention, and no parallel-prediction mode.
+
 Validation: the plain loss on val captions (no hard negatives, no short texts, comparable across settings), and zero-shot classification as in CLIP/SigLIP: each val image is assigned
 the prompt ("a red shape", "a circle"...) whose text embedding is closest. The true label needs the scene, so the
 DataModule should run task ``scene`` (the batch then holds the parsed json as ``meta``; training reads the caption
@@ -90,6 +99,8 @@ class TeacherModule(L.LightningModule):
         hard_negative_shape_prob: float = 0.75,
         short_text_prob: float = 0.0,
         hard_negative_weight: float = 0.0,
+        caption_weight: float = 0.0,
+        caption_layers: int = 2,
     ) -> None:
         """
         Args:
@@ -107,6 +118,8 @@ class TeacherModule(L.LightningModule):
             hard_negative_weight: weight of a NegCLIP-style ranking term: per image, softmax cross-entropy over
                 its caption and its K hard negatives (the sigmoid loss alone gives each hard negative one term
                 among B + K*B, too weak a signal to learn shape in a short schedule; see experiments/LOG.md).
+            caption_weight: weight of the LocCa captioning loss (0 = no caption decoder is built or run).
+            caption_layers: blocks of the caption decoder.
         """
         super().__init__()
         self.save_hyperparameters()
@@ -125,6 +138,16 @@ class TeacherModule(L.LightningModule):
         self.names = {"color": list(COLORS), "class": list(CLASSES)}
         self._prompt_emb: dict[str, torch.Tensor] = {}  # field -> (K, E), recomputed each validation
         self._zero_shot: dict[str, torch.Tensor] = {}  # "<field>_correct" / "<field>_total" counts
+        self.caption_prefix = self.caption_head = None
+        if caption_weight > 0:
+            from arm.ar.model import ARConfig, ARDecoder
+
+            d = config.text_dim
+            self.caption_prefix = torch.nn.Linear(config.image_dim, d)
+            self.caption_head = ARDecoder(ARConfig(
+                text_vocab_size=config.vocab_size, dim=d, num_layers=caption_layers, num_heads=config.text_heads,
+                num_kv_heads=config.text_heads, mlp_hidden=8 * (d * 8 // 3 // 8), qkv_bias=False,
+                max_seq_len=config.num_patches + config.max_text_len))
 
     def _encode(self, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
         return tokenize_texts(self.tokenizer, texts, self.config.max_text_len, self.device)
@@ -157,16 +180,28 @@ class TeacherModule(L.LightningModule):
                         negatives[i] = pair[1]  # the first hard negative in the same short wording
         return texts, negatives
 
+    def _caption_loss(self, features: torch.Tensor, captions: list[str]) -> torch.Tensor:
+        """LocCa captioning loss: the caption decoder reads the projected patch features (B, N, D) as a prefix."""
+        from arm.ar.model import prefix_caption_loss
+
+        ids, mask = self._encode(captions)
+        return prefix_caption_loss(self.caption_head, self.caption_prefix(features), ids, mask)
+
     def _train_loss(self, batch: dict[str, Any]) -> torch.Tensor:
+        captions = batch_captions(batch)
         texts, negatives = self.training_texts(batch, self.global_step)
-        if not negatives and not self.hparams.short_text_prob:
-            return self._loss(batch)[0]
         n = len(texts)
-        img = self.model.image_embedding(batch["image"])
+        features = self.model.patch_features(batch["image"])  # (B, N, D)
+        img = self.model.pool(features)
+        extra = 0.0
+        if self.caption_head is not None:
+            caption = self._caption_loss(features, captions)
+            self.log("train/caption_loss", caption.detach(), batch_size=n)
+            extra = self.hparams.caption_weight * caption
         txt = self._embed_texts_bucketed(texts + negatives)
         scale, bias = self.model.logit_scale, self.model.logit_bias
         if not negatives:
-            return sigmoid_contrastive_loss(img, txt, scale, bias)
+            return sigmoid_contrastive_loss(img, txt, scale, bias) + extra
         with torch.no_grad():  # how often the image prefers its caption to its own hard negative(s)
             pos = (img * txt[:n]).sum(-1)  # (B,)
             neg = (img.repeat(len(negatives) // n, 1) * txt[n:]).sum(-1).view(-1, n)  # (K, B)
@@ -176,7 +211,7 @@ class TeacherModule(L.LightningModule):
             ranking = hard_negative_ranking_loss(img, txt[:n], txt[n:], scale)
             self.log("train/hard_negative_ranking", ranking.detach(), batch_size=n)
             loss = loss + self.hparams.hard_negative_weight * ranking
-        return loss
+        return loss + extra
 
     def _embed_texts_bucketed(self, texts: list[str], bucket: int = 64) -> torch.Tensor:
         """Text embeddings (N, E) computed in length-sorted buckets, each padded only to its own longest text.
@@ -236,7 +271,7 @@ class TeacherModule(L.LightningModule):
 
     def configure_optimizers(self) -> dict[str, Any]:
         hp = self.hparams
-        return adamw_warmup_cosine(self.model.parameters(), hp.lr, hp.weight_decay, hp.betas, hp.warmup_steps,
+        return adamw_warmup_cosine(self.parameters(), hp.lr, hp.weight_decay, hp.betas, hp.warmup_steps,
                                    trainer_total_steps(self))
 
     # ----------------------------------------------------------------------------------------- export
