@@ -80,10 +80,13 @@ def build_parser() -> argparse.ArgumentParser:
     det = sub.add_parser("detect", help="detect the objects in images and print JSON", formatter_class=_Formatter)
     det.add_argument("images", nargs="+", help="image files")
 
-    demo = sub.add_parser("demo", help="run the recipe on the embedded default (what exists so far)",
+    demo = sub.add_parser("demo", help="run the whole recipe on the embedded default, skipping finished stages",
                           formatter_class=_Formatter)
     demo.add_argument("--out", default="results/demo")
     demo.add_argument("--seed", type=int, default=0)
+    demo.add_argument("--until", default=None, help="stop after this stage (world, text_tok, ..., figures)")
+    demo.add_argument("--profile", default="shapeworld", choices=("shapeworld", "tiny"),
+                      help="shapeworld: the embedded default; tiny: every stage's tiny YAML on a tiny world (~minutes)")
 
     bench = sub.add_parser("bench", help="measure throughput; ratios measured side by side", formatter_class=_Formatter)
     bench.add_argument("--out", default="results/bench.json")
@@ -134,7 +137,7 @@ def _dispatch(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     if args.command == "demo":
         from arm.demo import run_demo
 
-        run_demo(args.out, seed=args.seed)
+        run_demo(args.out, seed=args.seed, until=args.until, profile=args.profile)
         return 0
     if args.command == "eval":
         from arm.eval.cli import run_eval

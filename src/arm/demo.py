@@ -11,15 +11,24 @@ interrupted stage starts again (every stage writes its files atomically). Stages
 6. ``lm``         the small caption LM for L_cap (``arm lm fit``, experiments/lm/shapeworld.yaml)
 7. ``tokenizer``  the discrete tokenizer with its four losses (``arm tokenizer fit``)
 8. ``tokenizer_eval``  every tokenizer metric on val (``arm tokenizer eval``)
+9. ``codes``      code shards of train/val/test for the AR stage (``arm tokenizer encode``)
+10. ``ar``        the unified AR model, SFT on understanding, text-to-image and editing (``arm ar fit``)
+11. ``eval_sft``  every benchmark protocol on the test bench files (``arm eval all``)
+12. ``rl_t2i``    GRPO on text-to-image from the SFT export (``arm rl fit``, experiments/rl/shapeworld_t2i.yaml)
+13. ``eval_rl_t2i``  the same benchmarks for the RL policy
+14. ``synergy``   change of every benchmark against SFT with paired-bootstrap intervals; Table 8's JSON
+15. ``figures``   every figure and table that the results allow (``arm figures``)
 Training stages resume from their last checkpoint when cut off (``pipeline.run_fit``).
 
-Coming with later issues: codes -> AR model -> RL -> eval -> figures.
+Demo budgets: the stages' own YAMLs carry each issue's full budget (AR <= 15 min, RL <= 10 min); the whole demo
+must fit 30 minutes on 2 cores, so the ``Profile`` shortens the AR and RL runs and samples one image
+per GenEval prompt. The summary records what was run. Only the text-to-image RL recipe runs here; ``make table8``
+runs all four.
 """
 
 from __future__ import annotations
 
 import json
-import subprocess
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -27,7 +36,30 @@ from pathlib import Path
 
 from arm.io import write_json_atomic
 
-DEMO_WORLD = {"num_train": 20000, "num_val": 1000, "num_test": 1000, "resolution": 64}
+
+@dataclass(frozen=True)
+class Profile:
+    """What a demo run uses: the world's size, the stages' YAML name, step budgets and eval settings.
+
+    ``steps`` shortens the AR and RL runs (their YAMLs carry each issue's full budget, which together do not fit
+    the demo's 30 minutes); ``eval_n`` is images per GenEval prompt; ``eval_limit`` keeps only the first K records
+    of each bench file (None = all)."""
+
+    world: dict
+    config: str
+    steps: dict
+    eval_n: int = 1
+    eval_limit: int | None = None
+
+
+PROFILES = {
+    "shapeworld": Profile({"num_train": 20000, "num_val": 1000, "num_test": 1000, "resolution": 64}, "shapeworld",
+                          {"ar": 1200, "rl": 40}),
+    # The whole pipeline in about a minute, for the test suite: tiny world, every stage's tiny YAML.
+    "tiny": Profile({"num_train": 64, "num_val": 32, "num_test": 32, "resolution": 64, "shard_size": 32,
+                     "workers": 1}, "tiny", {"ar": 4, "rl": 2}, eval_n=1, eval_limit=4),
+}
+DEMO_WORLD = PROFILES["shapeworld"].world
 
 
 @dataclass
@@ -38,14 +70,6 @@ class Stage:
 
     def done(self) -> bool:
         return all(p.exists() for p in self.outputs)
-
-
-def _git_hash() -> str:
-    try:
-        return subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10,
-                              cwd=Path(__file__).parent).stdout.strip() or "unknown"
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
 
 
 def _score_geneval_ground_truth(bench: Path) -> dict:
@@ -60,11 +84,16 @@ def _score_geneval_ground_truth(bench: Path) -> dict:
     return summarize_geneval(results)
 
 
-def run_demo(out: str = "results/demo", seed: int = 0, until: str | None = None) -> dict:
+def run_demo(out: str = "results/demo", seed: int = 0, until: str | None = None, profile: str = "shapeworld"
+             ) -> dict:
     """Run every stage that has not finished yet (up to and including ``until``); write ``OUT/summary.json``."""
+    if profile not in PROFILES:
+        raise ValueError(f"unknown demo profile {profile!r}; expected one of {sorted(PROFILES)}")
+    prof = PROFILES[profile]
     from arm.data.shapeworld.figures import sample_grid
     from arm.data.shapeworld.writer import write_world
     from arm.data.text_tokenizer import build_text_tokenizer
+    from arm.eval.results import git_hash
 
     out_dir = Path(out)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -72,28 +101,50 @@ def run_demo(out: str = "results/demo", seed: int = 0, until: str | None = None)
     tokenizer = out_dir / "tokenizer.json"
     summary_path = out_dir / "summary.json"
     summary = json.loads(summary_path.read_text()) if summary_path.exists() else {}
-    summary.update({"git": _git_hash(), "seed": seed})
+    summary.update({"git": git_hash(), "seed": seed, "profile": profile})
     summary.setdefault("timings_s", {})
 
     stages = [
-        Stage("world", [world / "world.json"], lambda: write_world(str(world), seed=seed, **DEMO_WORLD)),
+        Stage("world", [world / "world.json"], lambda: write_world(str(world), seed=seed, **prof.world)),
         Stage("text_tok", [out_dir / "tokenizer.json"],
               lambda: build_text_tokenizer(str(world), str(out_dir / "tokenizer.json"))),
         Stage("figure", [out_dir / "figures" / "shapeworld_samples.png"],
               lambda: {"figure": str(sample_grid(world, out_dir / "figures" / "shapeworld_samples.png"))}),
         Stage("judge", [out_dir / "judge_ground_truth.json"], lambda: _judge_stage(world, out_dir)),
         Stage("teacher", [out_dir / "teacher" / "teacher" / "model.safetensors"],
-              lambda: _fit_stage("teacher", out_dir / "teacher", model={"tokenizer_path": str(tokenizer)},
+              lambda: _fit_stage("teacher", out_dir / "teacher", prof, model={"tokenizer_path": str(tokenizer)},
                                  data={"data_dir": str(world)})),
         Stage("lm", [out_dir / "lm" / "lm" / "model.safetensors"],
-              lambda: _fit_stage("lm", out_dir / "lm", model={"tokenizer_path": str(tokenizer)},
+              lambda: _fit_stage("lm", out_dir / "lm", prof, model={"tokenizer_path": str(tokenizer)},
                                  data={"data_dir": str(world)})),
         Stage("tokenizer", [out_dir / "tokenizer" / "tokenizer" / "model.safetensors"],
-              lambda: _fit_stage("tokenizer", out_dir / "tokenizer",
+              lambda: _fit_stage("tokenizer", out_dir / "tokenizer", prof,
                                  model={"teacher_dir": str(out_dir / "teacher" / "teacher"),
                                         "lm_dir": str(out_dir / "lm" / "lm")},
                                  data={"data_dir": str(world)})),
         Stage("tokenizer_eval", [out_dir / "tokenizer_eval.json"], lambda: _tokenizer_eval_stage(world, out_dir)),
+        Stage("codes", [out_dir / "codes" / split / "done.json" for split in ("train", "val", "test")],
+              lambda: _codes_stage(world, out_dir)),
+        Stage("ar", [out_dir / "ar" / "ar" / "model.safetensors"],
+              lambda: _fit_stage("ar", out_dir / "ar", prof,
+                                 model={"tokenizer_path": str(tokenizer),
+                                        "tokenizer_export": str(out_dir / "tokenizer" / "tokenizer")},
+                                 data={"data_dir": str(out_dir / "codes")},
+                                 trainer={"max_steps": prof.steps["ar"]})),
+        Stage("eval_sft", [out_dir / "eval" / "sft" / "summary.json"],
+              lambda: _eval_stage(out_dir / "ar" / "ar", world, out_dir / "eval" / "sft", seed, prof)),
+        Stage("rl_t2i", [out_dir / "rl_t2i" / "ar" / "model.safetensors"],
+              lambda: _fit_stage("rl", out_dir / "rl_t2i", prof, model={"init_from": str(out_dir / "ar" / "ar")},
+                                 data={"data_dir": str(world)}, trainer={"max_steps": prof.steps["rl"]},
+                                 config=f"experiments/rl/{'tiny' if profile == 'tiny' else 'shapeworld_t2i'}.yaml")),
+        Stage("eval_rl_t2i", [out_dir / "eval" / "rl_t2i" / "summary.json"],
+              lambda: _eval_stage(out_dir / "rl_t2i" / "ar", world, out_dir / "eval" / "rl_t2i", seed, prof)),
+        Stage("synergy", [out_dir / "synergy" / "synergy.json", out_dir / "table8.json"],
+              lambda: _arm("eval", "synergy", "--sft", str(out_dir / "eval" / "sft"), "--recipe",
+                           f"t2i={out_dir / 'eval' / 'rl_t2i'}", "--out", str(out_dir / "synergy"),
+                           "--table8", str(out_dir / "table8.json"))),
+        Stage("figures", [out_dir / "figures" / "report.json"],
+              lambda: _figures_stage(out_dir)),
     ]
     if until is not None:
         names = [s.name for s in stages]
@@ -111,18 +162,85 @@ def run_demo(out: str = "results/demo", seed: int = 0, until: str | None = None)
         summary["timings_s"][stage.name] = round(time.perf_counter() - started, 2)
         summary[stage.name] = result
         write_json_atomic(summary_path, summary)
+    _collect(summary)
+    write_json_atomic(summary_path, summary)
     _print_table(summary)
-    print("\nNext (later issues): codes -> AR model -> RL -> eval -> figures.")
-    print(f"Summary: {summary_path}   Figure: {out_dir / 'figures' / 'shapeworld_samples.png'}")
+    print(f"\nSummary: {summary_path}   Figures: {out_dir / 'figures'}")
     return summary
 
 
-def _fit_stage(stage: str, run_dir: Path, model: dict, data: dict) -> dict:
-    """Fit one LightningCLI stage with its embedded-default YAML; returns its last validation metrics."""
+def _fit_stage(stage: str, run_dir: Path, prof: Profile, model: dict, data: dict, trainer: dict | None = None,
+               config: str | None = None) -> dict:
+    """Fit one LightningCLI stage with the profile's YAML; returns its last validation metrics."""
     from arm.pipeline import last_scalars, run_fit
 
-    seconds = run_fit(stage, f"experiments/{stage}/shapeworld.yaml", run_dir, model, data)
+    seconds = run_fit(stage, config or f"experiments/{stage}/{prof.config}.yaml", run_dir, model, data, trainer)
     return {"seconds": round(seconds, 1), **last_scalars(run_dir / "tb")}
+
+
+def _arm(*argv: str) -> dict:
+    """Run an ``arm`` utility command in this process; a non-zero exit stops the demo with its message."""
+    from arm.cli import main
+
+    code = main(list(argv))
+    if code:
+        raise RuntimeError(f"`arm {' '.join(argv)}` exited with {code}; see the message above")
+    return {"command": "arm " + " ".join(argv)}
+
+
+def _codes_stage(world: Path, out_dir: Path) -> dict:
+    """Code shards for every split; ``done.json`` marks a finished split (a cut-off split is encoded again)."""
+    counts = {}
+    for split in ("train", "val", "test"):
+        target = out_dir / "codes" / split
+        if (target / "done.json").exists():
+            continue
+        _arm("tokenizer", "encode", "--ckpt", str(out_dir / "tokenizer" / "tokenizer"), "--shards",
+             str(world / split), "--out", str(target))
+        counts[split] = len(list(target.glob("*.tar")))
+        write_json_atomic(target / "done.json", {"shards": counts[split]})
+    return {"shards": counts}
+
+
+def _eval_stage(ckpt: Path, world: Path, out: Path, seed: int, prof: Profile) -> dict:
+    """``arm eval all`` on the world's test bench files, reduced to the summary shape of ``make demo``."""
+    limit = ["--limit", str(prof.eval_limit)] if prof.eval_limit else []
+    _arm("eval", "all", "--ckpt", str(ckpt), "--data", str(world / "bench"), "--out", str(out),
+         "--n", str(prof.eval_n), "--seed", str(seed), "--no-progress", *limit)
+    return benchmark_summary(out)
+
+
+def benchmark_summary(eval_dir: Path) -> dict:
+    """The demo summary's per-model block from an ``arm eval all`` folder (values with their 95% intervals)."""
+
+    def read(protocol: str) -> dict:
+        path = Path(eval_dir) / protocol / "summary.json"
+        return json.loads(path.read_text()) if path.exists() else {}
+
+    def metric(block: dict, key: str) -> dict:
+        m = block.get(key) or {}
+        return {"value": m.get("value"), "ci95": m.get("ci95")}
+
+    geneval, wise, gedit, vqa, mme = (read(p) for p in ("geneval", "wise", "gedit", "vqa", "mme"))
+    return {
+        "geneval": {"overall": metric(geneval, "overall")["value"], "ci95": metric(geneval, "overall")["ci95"],
+                    "per_tag": {k: v.get("value") for k, v in geneval.get("per_tag", {}).items()}},
+        "wise": {"overall": metric(wise, "overall")["value"], "ci95": metric(wise, "overall")["ci95"],
+                 "per_category": {k: v.get("value") for k, v in wise.get("per_category", {}).items()}},
+        "gedit": {"overall": metric(gedit, "overall")["value"], "ci95": metric(gedit, "overall")["ci95"],
+                  "sc": metric(gedit, "sc")["value"], "pq": metric(gedit, "pq")["value"],
+                  "per_type": {k: (v.get("overall") or {}).get("value") if isinstance(v, dict) else v
+                               for k, v in gedit.get("per_type", {}).items()}},
+        "vqa": {"accuracy": metric(vqa, "accuracy")["value"], "ci95": metric(vqa, "accuracy")["ci95"]},
+        "mme": {"acc": metric(mme, "acc")["value"], "acc_plus": metric(mme, "acc_plus")["value"]},
+    }
+
+
+def _figures_stage(out_dir: Path) -> dict:
+    _arm("figures", "--results", str(out_dir), "--out", str(out_dir / "figures"))
+    written = sorted(str(p.relative_to(out_dir)) for p in (out_dir / "figures").rglob("*.png"))
+    write_json_atomic(out_dir / "figures" / "report.json", {"figures": written})
+    return {"figures": written}
 
 
 def _tokenizer_eval_stage(world: Path, out_dir: Path) -> dict:
@@ -145,6 +263,17 @@ def _judge_stage(world: Path, out_dir: Path) -> dict:
     return result
 
 
+def _collect(summary: dict) -> None:
+    """The issue's top-level summary blocks: tokenizer metrics, SFT and per-recipe benchmark results."""
+    if "tokenizer_eval" in summary:
+        summary["tokenizer"] = summary["tokenizer_eval"]
+    if "eval_sft" in summary:
+        summary["sft"] = summary["eval_sft"]
+    recipes = {name[len("eval_rl_"):]: block for name, block in summary.items() if name.startswith("eval_rl_")}
+    if recipes:
+        summary["rl"] = recipes
+
+
 def _print_table(summary: dict) -> None:
     rows = [(name, f"{secs:.1f}s") for name, secs in summary.get("timings_s", {}).items()]
     world = summary.get("world", {})
@@ -156,5 +285,12 @@ def _print_table(summary: dict) -> None:
         rows.append(("GenEval on ground truth", f'{summary["judge"].get("overall", float("nan")):.3f}'))
     for key, value in summary.get("tokenizer_eval", {}).items():
         rows.append((f"tokenizer {key}", json.dumps(value) if isinstance(value, dict) else f"{value:.3f}"))
+    for name, block in [("sft", summary.get("sft"))] + sorted(summary.get("rl", {}).items()):
+        if not block:
+            continue
+        for bench, key in (("geneval", "overall"), ("wise", "overall"), ("gedit", "overall"), ("vqa", "accuracy"),
+                           ("mme", "acc_plus")):
+            value = block.get(bench, {}).get(key)
+            rows.append((f"{name} {bench} {key}", "n/a" if value is None else f"{value:.3f}"))
     width = max(len(r[0]) for r in rows) if rows else 10
     print("\n" + "\n".join(f"  {k:<{width}}  {v}" for k, v in rows))
