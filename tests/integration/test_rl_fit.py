@@ -91,3 +91,13 @@ def test_missing_policy_export_is_a_one_line_error(tiny_world, tmp_path):
     with pytest.raises(FileNotFoundError, match="no AR model at"):
         main(["fit", "--config", TINY, "--model.init_from", str(tmp_path / "none"), "--data.data_dir",
               str(tiny_world / "world"), "--trainer.default_root_dir", str(tmp_path)])
+
+
+def test_bench_rollouts_counts_the_recipe_batch(sft_export):
+    from arm.rl.bench import bench_rollouts, recipe_settings
+
+    bundle = load_ar_bundle(str(sft_export))
+    config, _, prompts = recipe_settings()
+    out = bench_rollouts(bundle.model, bundle.builder, bundle.image_tokenizer, repeats=1)
+    assert out["images_per_batch"] == prompts * config.group_size
+    assert out["rollouts_per_s"] == pytest.approx(out["images_per_batch"] / out["seconds_per_batch"])

@@ -27,6 +27,8 @@ Deliberate simplifications against the paper (ARM §3, DeepSeekMath's GRPO):
 - The reference and the image tokenizer stay whole on every rank (not sharded) and are left out of Lightning
   checkpoints (they are reloaded from the export named by ``init_from``).
 - Rewards run on the CPU, one image at a time (the ShapeWorld detector is numpy).
+- The prompt stream is stateless: a resumed run restarts its epoch's prompts from the beginning (weights,
+  optimiser, schedule and step count resume exactly; the rollout generator is seeded by the step).
 """
 
 from __future__ import annotations
