@@ -8,7 +8,8 @@
 
 ``--ckpt`` is the folder ``arm ar fit`` exports (``<default_root_dir>/ar``). Output names carry every sampling
 setting, as LlamaGen's do: ``<prompt>-cfg1.5-temp1-topk50-topp1-seed0-dsteps10-000.png`` plus a JSON of settings.
-Input images are resized (bicubic) to the image tokenizer's side when they differ.
+Square input images are resized (bicubic) to the image tokenizer's side when they differ; other shapes are a
+one-line error. ``load_for_eval`` puts an export behind the eval harness (``arm.ar.eval_model``).
 
 Heavy imports happen inside functions, so ``arm --help`` stays instant.
 """
@@ -68,7 +69,14 @@ def answer_questions(model, builder, codes: Sequence[Sequence[int]], questions: 
     _check_context(model, prompts, max_new_tokens)
     kwargs = {} if config is None else {"config": config}
     new = _sampling("generate_text")(model, prompts, max_new_tokens, builder.eos, generator=generator, **kwargs)
-    return [builder.tokenizer.decode(ids).strip() for ids in new]
+    return [builder.tokenizer.decode(_text_prefix(ids, builder.tokenizer.vocab_size)).strip() for ids in new]
+
+
+def _text_prefix(ids: Sequence[int], text_vocab: int) -> list[int]:
+    """``ids`` up to the first one that is not text: a special token (<boi> ...) ends an answer, never its text."""
+    ids = list(ids)
+    cut = next((i for i, t in enumerate(ids) if t >= text_vocab), len(ids))
+    return ids[:cut]
 
 
 def normalize_answer(text: str) -> str:
@@ -179,29 +187,58 @@ def settings_stem(ns: argparse.Namespace, text: str) -> str:
             f"-seed{ns.seed}-dsteps{ns.decoder_steps}-dcfg{ns.decoder_cfg:g}")
 
 
-def read_image(path: str, side: int):
-    """A PNG/JPEG file -> float (1, 3, side, side) in [0, 1], resized when its size differs."""
+def pixels_to_tensor(images: Sequence, side: int, names: Sequence[str] | None = None):
+    """uint8 (H, W, 3) arrays (or PIL images) -> float (B, 3, side, side) in [0, 1]; a square image of another
+    size is resized (bicubic), any other shape is a one-line error naming the image (``names[i]``, else its index)."""
     import numpy as np
     import torch
     from PIL import Image
 
+    out = []
+    for i, image in enumerate(images):
+        name = names[i] if names is not None else f"image {i}"
+        array = np.asarray(image.convert("RGB") if isinstance(image, Image.Image) else image)
+        if array.ndim != 3 or array.shape[-1] != 3 or array.dtype != np.uint8:
+            raise ValueError(f"{name} is a {array.dtype} array of shape {array.shape}; the AR model reads uint8 "
+                             f"RGB images of shape (H, W, 3)")
+        if array.shape[0] != array.shape[1]:
+            raise ValueError(f"{name} is {array.shape[1]}x{array.shape[0]} pixels, but the image tokenizer "
+                             f"reads square {side}x{side} images: crop or pad it to a square first")
+        if array.shape[0] != side:
+            array = np.asarray(Image.fromarray(array).resize((side, side), Image.BICUBIC))
+        out.append(torch.from_numpy(array.copy()).permute(2, 0, 1))
+    return torch.stack(out).float().div_(255.0)
+
+
+def read_image(path: str, side: int):
+    """A PNG/JPEG file -> float (1, 3, side, side) in [0, 1] (``pixels_to_tensor``)."""
+    from PIL import Image
+
     if not Path(path).is_file():
         raise FileNotFoundError(f"no image at {path}")
-    image = Image.open(path).convert("RGB")
-    if image.size != (side, side):
-        image = image.resize((side, side), Image.BICUBIC)
-    return torch.from_numpy(np.asarray(image).copy()).permute(2, 0, 1)[None].float().div_(255.0)
+    return pixels_to_tensor([Image.open(path)], side, [path])
+
+
+def to_uint8(images):
+    """Decoded images (B, 3, H, W) in [0, 1] -> uint8 numpy (B, H, W, 3), rounded to nearest."""
+    import torch
+
+    return (images.float().clamp(0, 1).permute(0, 2, 3, 1) * 255 + 0.5).to(torch.uint8).cpu().numpy()
+
+
+def load_for_eval(path: str, **settings):
+    """The AR export at ``path`` behind the eval harness's model interface (``arm.ar.eval_model``)."""
+    from arm.ar.eval_model import load_for_eval as load
+
+    return load(path, **settings)
 
 
 def _write_images(images, out: Path, stem: str, record: dict) -> list[str]:
-    import torch
-
     from arm.data.shapeworld.render import encode_png
     from arm.io import write_atomic, write_json_atomic
 
-    pixels = (images.float().clamp(0, 1).permute(0, 2, 3, 1) * 255 + 0.5).to(torch.uint8)
     paths = []
-    for i, img in enumerate(pixels.cpu().numpy()):
+    for i, img in enumerate(to_uint8(images)):
         path = out / f"{stem}-{i:03d}.png"
         write_atomic(path, encode_png(img))
         paths.append(str(path))

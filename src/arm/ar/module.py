@@ -20,8 +20,9 @@ codes from the tokenizer export (``num_image_codes`` when there is none). A chec
 does not match is a one-line error.
 
 Export at the end of fit (rank 0): ``<default_root_dir>/ar/`` holds ``model.safetensors``, ``config.json`` (the
-``ARConfig``, the specials, the code grid, the tokenizer export's absolute path) and ``tokenizer.json`` (a copy
-of the text tokenizer): everything ``arm generate|edit|ask --ckpt`` needs (``load_ar_bundle``).
+``ARConfig``, the specials, the code grid, the tokenizer export's absolute path, and ``sampling``: the validation's
+sampling settings, which ``arm eval`` reuses so that eval and training metrics sample alike) and ``tokenizer.json``
+(a copy of the text tokenizer): everything ``arm generate|edit|ask --ckpt`` needs (``load_ar_bundle``).
 
 Deliberate simplifications:
 - Generation metrics and grids run on one process only (``world_size == 1``); a sharded run skips them with a
@@ -355,18 +356,32 @@ class ARModule(L.LightningModule):
         state = full_state_dict(self.model)  # a collective under FSDP: every rank takes part
         if self.trainer.is_global_zero:
             save_ar(state, self.config, self.grid, self.export_dir(), self.hparams.tokenizer_path,
-                    self.hparams.tokenizer_export)
+                    self.hparams.tokenizer_export, validation_sampling(self.hparams))
 
 
 # ------------------------------------------------------------------------------------------------ export
 
 
+def validation_sampling(hparams: Any = None) -> dict[str, Any]:
+    """How ``ARModule``'s validation samples (grids; answers are greedy): from a run's ``hparams``, or
+    ``ARModule``'s defaults when none are given (an export written without them)."""
+    import inspect
+
+    if hparams is None:
+        hparams = {name: p.default for name, p in inspect.signature(ARModule.__init__).parameters.items()}
+    return {"cfg": float(hparams["val_cfg"]), "text_cfg": float(hparams["val_cfg"]),
+            "image_cfg": float(hparams["val_edit_image_cfg"]), "temperature": 1.0, "top_k": int(hparams["val_top_k"]),
+            "top_p": 1.0, "decoder_steps": int(hparams["val_decode_steps"]), "decoder_cfg": 1.0}
+
+
 def save_ar(state: dict[str, torch.Tensor], config: ARConfig, grid: tuple[int, int], directory: str,
-            tokenizer_path: str, tokenizer_export: str | None) -> str:
-    """Write the AR export: weights, config.json (config, specials, grid, tokenizer export path), tokenizer copy."""
+            tokenizer_path: str, tokenizer_export: str | None, sampling: dict[str, Any] | None = None) -> str:
+    """Write the AR export: weights, config.json (config, specials, grid, tokenizer export path, the sampling
+    settings of ``validation_sampling`` when given), tokenizer copy."""
     meta = {"ar_config": dataclasses.asdict(config), "special_tokens": list(SPECIAL_TOKENS), "grid": list(grid),
             "tokenizer_export": os.path.abspath(tokenizer_export) if tokenizer_export else None,
-            "text_tokenizer": TOKENIZER_FILE, "text_tokenizer_source": os.path.abspath(tokenizer_path)}
+            "text_tokenizer": TOKENIZER_FILE, "text_tokenizer_source": os.path.abspath(tokenizer_path),
+            "sampling": sampling}
     return save_export(directory, SimpleNamespace(state_dict=lambda: state), meta, {TOKENIZER_FILE: tokenizer_path})
 
 

@@ -133,8 +133,10 @@ def run_eval(args: argparse.Namespace) -> int:
     if not data.exists():
         raise FileNotFoundError(f"no benchmark data at {str(data)!r}")
     config = {k: v for k, v in vars(args).items() if k not in ("command", "func")}
-    run = Run(load_model(args.ckpt), make_judge(args.judge, args.judge_url, args.judge_model), args.seed,
-              args.limit, config, progress=not args.no_progress)
+    model = load_model(args.ckpt)
+    config["model_settings"] = model.settings  # sampling settings in use: every summary's stamp carries them
+    run = Run(model, make_judge(args.judge, args.judge_url, args.judge_model), args.seed, args.limit, config,
+              progress=not args.no_progress)
     try:
         if args.protocol != "all":
             summary = run_protocol(args.protocol, run, data, out, args.n)
@@ -164,12 +166,56 @@ def add_figures_parser(sub: argparse._SubParsersAction, formatter: type) -> None
     from arm.eval import figures
 
     p = sub.add_parser("figures", help="regenerate the paper's tables and figures from results files (no model run)",
-                       formatter_class=formatter, description=figures.__doc__)
+                       formatter_class=formatter, description=figures.__doc__ + CFG_GRID_HELP)
+    p.add_argument("action", nargs="?", choices=("all", "cfg-grid"), default="all",
+                   help="`all`: every table and figure from --results; `cfg-grid`: draw the CFG grid of --ckpt")
     p.add_argument("--results", default="results", help="results folder to read")
     p.add_argument("--out", default="figures", help="folder for the tables (md, tex) and figures (png, pdf)")
+    p.add_argument("--ckpt", help="cfg-grid: AR export folder")
+    p.add_argument("--prompts", help="cfg-grid: prompt file (one per line, or JSON/JSONL records with `prompt`)")
+    p.add_argument("--bench", help="cfg-grid: bench folder; the first geneval.jsonl prompt of each tag")
+    p.add_argument("--num-prompts", type=int, default=4, help="cfg-grid: at most this many prompts")
+    p.add_argument("--ar-scales", default="1,1.5,3", help="cfg-grid: AR-side CFG scales, comma-separated")
+    p.add_argument("--dec-scales", default="1,1.5,3", help="cfg-grid: decoder-side CFG scales, comma-separated")
+    p.add_argument("--seed", type=int, default=0, help="cfg-grid: sampling seed (the same for every cell)")
+
+
+CFG_GRID_HELP = """
+``arm figures cfg-grid --ckpt AR --prompts FILE|--bench DIR --out DIR``: draw, with the AR export, every prompt
+at every AR-side x decoder-side CFG scale into ``DIR/cfg_grid/`` (``arm.ar.eval_model.cfg_grid``), then one
+figure per prompt, ``DIR/cfg_<i>.png``; ``arm figures`` later finds the folder under its results root.
+"""
+
+
+def _scales(text: str, flag: str) -> list[float]:
+    try:
+        scales = [float(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise ValueError(f"{flag} takes comma-separated numbers such as 1,1.5,3; got {text!r}") from None
+    if not scales:
+        raise ValueError(f"{flag} needs at least one scale")
+    return scales
+
+
+def run_cfg_grid(args: argparse.Namespace) -> int:
+    """``arm figures cfg-grid``: sample the grid's images with the AR export, then draw one figure per prompt."""
+    if not args.ckpt:
+        raise ValueError("`arm figures cfg-grid` needs --ckpt (an AR export folder)")
+    ar_scales, dec_scales = _scales(args.ar_scales, "--ar-scales"), _scales(args.dec_scales, "--dec-scales")
+    from arm.ar.eval_model import cfg_grid, load_for_eval, read_prompts
+    from arm.eval import figures_grids
+
+    prompts = read_prompts(args.prompts, args.bench, args.num_prompts)
+    root = cfg_grid(load_for_eval(args.ckpt), prompts, ar_scales, dec_scales, args.out, args.seed)
+    for i in range(len(prompts)):
+        for path in figures_grids.cfg_grid(root, i, Path(args.out) / f"cfg_{i:03d}.png"):
+            print(f"wrote {path}")
+    return 0
 
 
 def run_figures(args: argparse.Namespace) -> int:
+    if args.action == "cfg-grid":
+        return run_cfg_grid(args)
     from arm.eval.figures import make_figures
 
     report = make_figures(args.results, args.out)

@@ -34,6 +34,11 @@ class EvalModel(ABC):
 
     checkpoint: str = "dummy"
 
+    @property
+    def settings(self) -> dict:
+        """How the model samples (guidance scales, temperature ...); written into every summary's config."""
+        return {}
+
     def prepare(self, task: str, examples: Sequence[Mapping]) -> None:
         """Ground truth a protocol holds (``task`` in generate / edit / answer); ignored by real models."""
         return None
@@ -139,6 +144,10 @@ class ARCheckpointModel(EvalModel):
             raise ValueError("arm.ar.commands has no load_for_eval(path); the eval harness needs it to load an "
                              "AR checkpoint")
         self.inner = loader(self.checkpoint)
+
+    @property
+    def settings(self) -> dict:
+        return dict(getattr(self.inner, "settings", {}))
 
     def generate(self, prompts, n, seed):
         return self.inner.generate(list(prompts), n, seed)

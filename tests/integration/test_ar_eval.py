@@ -1,0 +1,184 @@
+"""An AR export behind the eval harness: ``arm eval all --ckpt <export>`` end to end, determinism, the prompt
+formats of ``answer`` / ``loglikelihood``, one-line errors, and ``arm figures cfg-grid``.
+
+The export is the randomly initialised tiny one of ``test_rl_fit`` (nothing is trained; see ``export`` for its
+pixel decoder); the bench is a 4-scene
+test split with its bench files, written here from the same world generator as the session's ``tiny_world``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from arm.ar.module import ARModule, load_ar_bundle, save_ar, validation_sampling
+from arm.cli import main as arm
+from arm.data.shapeworld.render import decode_png
+from arm.data.shapeworld.writer import write_world
+from arm.eval.understanding import CAPTION_QUESTION
+from arm.tokenizer.model import load_tokenizer, save_tokenizer
+from tests.integration.test_rl_fit import sft_export  # noqa: F401  (the tiny export fixture)
+
+PROTOCOL_LAYOUT = {  # protocol -> files `arm eval all --limit 3 --n 1` must write under OUT/<protocol>
+    "geneval": [f"{i:05d}/{f}" for i in range(3) for f in ("metadata.jsonl", "samples/0000.png")],
+    "vqa": [], "mme": [], "pope": ["answers.jsonl"], "caption": [],
+}
+
+
+@pytest.fixture(scope="module")
+def export(sft_export, tmp_path_factory):  # noqa: F811
+    """``sft_export`` with its pixel decoder's zero-initialised weights (adaLN-Zero gates, final linear) drawn at
+    random: a fresh decoder paints flat grey whatever the codes and the noise, which would make every image
+    comparison below vacuous."""
+    root = tmp_path_factory.mktemp("ar_eval_export")
+    bundle = load_ar_bundle(str(sft_export), image_tokenizer=False)
+    tokenizer, meta = load_tokenizer(bundle.meta["tokenizer_export"])
+    torch.manual_seed(0)
+    with torch.no_grad():
+        for param in tokenizer.parameters():
+            if not param.any():
+                param.normal_(0.0, 0.5)
+    save_tokenizer(tokenizer, str(root / "tokenizer"), meta["teacher_dir"], meta["lm_dir"])
+    save_ar(bundle.model.state_dict(), bundle.model.config, tuple(bundle.meta["grid"]), str(root / "ar"),
+            str(sft_export / "tokenizer.json"), str(root / "tokenizer"))
+    return root / "ar"
+
+
+@pytest.fixture(scope="module")
+def bench(tmp_path_factory):
+    root = tmp_path_factory.mktemp("ar_eval") / "world"
+    write_world(str(root), num_train=0, num_val=0, num_test=4, seed=0, shard_size=4, workers=1, bench=True,
+                progress=False)
+    return root / "bench"
+
+
+def _eval(export, bench, out, *extra: str) -> dict:
+    assert arm(["eval", "all", "--ckpt", str(export), "--data", str(bench), "--out", str(out), "--limit", "3",
+                "--n", "1", "--no-progress", *extra]) == 0
+    return json.loads((out / "summary.json").read_text())
+
+
+def _images(out: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(out)): p.read_bytes() for p in sorted(out.rglob("*.png"))}
+
+
+def test_eval_all_layouts_stamps_and_determinism(export, bench, tiny_world, tmp_path, capsys):
+    first = _eval(export, bench, tmp_path / "a")
+    sha = hashlib.sha256((export / "model.safetensors").read_bytes()).hexdigest()
+    assert first["checkpoint_sha256"] == sha
+    # This export holds no sampling settings, so they are the validation's of an ARModule built with defaults.
+    module = ARModule(str(tiny_world / "tokenizer.json"), num_image_codes=32, image_grid=8, preset="tiny")
+    settings = first["config"]["model_settings"]
+    assert {k: settings[k] for k in validation_sampling(module.hparams)} == validation_sampling(module.hparams)
+    assert settings["source"].startswith("ARModule defaults") and settings["answer"] == "greedy"
+    for protocol in ("geneval", "wise", "gedit", "vqa", "mme", "pope", "caption"):
+        assert "skipped" not in first[protocol], protocol
+        summary = json.loads((tmp_path / "a" / protocol / "summary.json").read_text())
+        assert summary["checkpoint_sha256"] == sha and summary["config"]["model_settings"] == settings
+        pope = tmp_path / "a" / "pope" / "data" / "pope.jsonl"  # the bench's `exists` questions, maybe fewer
+        assert summary["records"] == (min(3, len(pope.read_text().splitlines())) if protocol == "pope" else 3)
+        for name in PROTOCOL_LAYOUT.get(protocol, []):
+            assert (tmp_path / "a" / protocol / name).is_file(), (protocol, name)
+    wise = [json.loads(line) for line in (bench / "wise.jsonl").read_text().splitlines()[:3]]
+    assert sorted(p.name for p in (tmp_path / "a" / "wise").glob("*.png")) == sorted(
+        f"{r['prompt_id']}.png" for r in wise)
+    gedit = [json.loads(line) for line in (bench / "gedit.jsonl").read_text().splitlines()[:3]]
+    for r in gedit:
+        folder = tmp_path / "a" / "gedit" / "fullset" / r["task_type"] / "en"
+        assert (folder / f"{r['key']}.png").is_file() and (folder / f"{r['key']}_SRCIMG.png").is_file()
+    # Outputs come at the tokenizer's side (64 px), as RGB.
+    assert decode_png((tmp_path / "a" / "geneval" / "00000" / "samples" / "0000.png").read_bytes()).shape == \
+        (64, 64, 3)
+    replies = [json.loads(line)["answer"] for line in (tmp_path / "a" / "vqa" / "results.jsonl").read_text().split(
+        "\n") if line]
+    assert len(replies) == 3 and all(r == r.strip().lower().rstrip(".").strip() for r in replies)
+    captions = [json.loads(line) for line in (tmp_path / "a" / "caption" / "results.jsonl").read_text().splitlines()]
+    assert all(np.isfinite(c["loglikelihood"]) and c["loglikelihood"] < 0 for c in captions)
+
+    # The same seed draws byte-identical images (generated, edited); another seed draws other ones.
+    _eval(export, bench, tmp_path / "b")
+    drawn = ("geneval", "wise", "gedit")
+    images = {p: _images(tmp_path / "a" / p) for p in drawn}
+    assert images == {p: _images(tmp_path / "b" / p) for p in drawn}
+    assert [len(images[p]) for p in drawn] == [3, 3, 2 * 3]  # GEdit: each edit beside its source
+    assert arm(["eval", "geneval", "--ckpt", str(export), "--data", str(bench / "geneval.jsonl"), "--out",
+                str(tmp_path / "c"), "--limit", "3", "--n", "1", "--seed", "7", "--no-progress"]) == 0
+    assert _images(tmp_path / "c") != images["geneval"]
+    capsys.readouterr()
+
+
+def _sequence_logprob(model, ids: list[int], start: int) -> float:
+    """Summed log p of ``ids[start:]`` by one plain forward over the whole sequence, text head only."""
+    with torch.no_grad():
+        hidden = model(input_ids=torch.tensor([ids]))[0, start - 1: len(ids) - 1]
+        logp = model.text_logits(hidden).float().log_softmax(-1)
+    return float(logp[torch.arange(len(ids) - start), torch.tensor(ids[start:])].sum())
+
+
+def test_formats_settings_and_errors(export, bench, tmp_path):
+    from arm.ar.commands import load_for_eval
+
+    model = load_for_eval(str(export), cfg=3.0, top_k=5, batch_size=2)
+    assert (model.settings["cfg"], model.settings["top_k"], model.settings["batch_size"]) == (3.0, 5, 2)
+    image = decode_png((bench / json.loads((bench / "vqa.jsonl").read_text().splitlines()[0])["image"]).read_bytes())
+    small = np.asarray(image[::2, ::2])  # 32 x 32: resized to the tokenizer's 64 px
+    codes = model.encode_images([image, small])
+    assert [len(c) for c in codes] == [64, 64]
+    # log-likelihoods are those of the training sequences' scored part (answer + <eos>, caption + <eos>).
+    builder, decoder = model.bundle.builder, model.bundle.model
+    ll = model.loglikelihood([image, image], ["What shape is it?", CAPTION_QUESTION], ["a red circle", "two stars"])
+    vqa = builder.understanding(codes[0], "What shape is it?", "a red circle")
+    caption = builder.caption(codes[0], "two stars")
+    expected = [_sequence_logprob(decoder, ex.ids, ex.prompt_len) for ex in (vqa, caption)]
+    assert ll == pytest.approx(expected, abs=1e-4)
+    # n images per prompt, prompt-major; batch_size 2 splits the 4 rows into two sampler calls.
+    drawn = model.generate(["a red circle", "a blue star"], 2, seed=1)
+    assert [len(x) for x in drawn] == [2, 2] and drawn[0][0].dtype == np.uint8 and drawn[0][0].shape == (64, 64, 3)
+    again = model.generate(["a red circle", "a blue star"], 2, seed=1)
+    assert all(np.array_equal(x, y) for xs, ys in zip(drawn, again) for x, y in zip(xs, ys))
+    assert not np.array_equal(drawn[0][0], drawn[0][1])  # two draws of one prompt: the generator moved on
+    assert len(model.edit([image], ["make it blue"], seed=0)) == 1
+    # An export that stores its validation's settings is sampled with them.
+    bundle = load_ar_bundle(str(export), image_tokenizer=False)
+    stored = {**validation_sampling(), "cfg": 1.5, "decoder_steps": 3}
+    save_ar(bundle.model.state_dict(), bundle.model.config, (8, 8), str(tmp_path / "ar"),
+            str(export / "tokenizer.json"), bundle.meta["tokenizer_export"], stored)
+    settings = load_for_eval(str(tmp_path / "ar")).settings
+    assert settings["source"] == "export" and {k: settings[k] for k in stored} == stored
+    # Bad input: one line each.
+    for bad, match in (([image[:, :40]], "is 40x64 pixels"), ([image.astype(np.float32)], "uint8 RGB")):
+        with pytest.raises(ValueError, match=match) as info:
+            model.answer(bad, ["?"])
+        assert "\n" not in str(info.value)
+    with pytest.raises(ValueError, match="unknown sampling setting"):
+        load_for_eval(str(export), guidance=2.0)
+
+
+def test_cfg_grid_command(export, bench, tmp_path, capsys):
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("a red circle\n\na blue square\n")
+    args = ["figures", "cfg-grid", "--ckpt", str(export), "--prompts", str(prompts), "--out", str(tmp_path / "g"),
+            "--ar-scales", "1,3", "--dec-scales", "1,2"]
+    assert arm(args) == 0
+    root = tmp_path / "g" / "cfg_grid"
+    for setting in ("ar1_dec1", "ar1_dec2", "ar3_dec1", "ar3_dec2"):
+        assert sorted(p.name for p in (root / setting).glob("*.png")) == ["000.png", "001.png"]
+    assert json.loads((root / "prompts.json").read_text())["prompts"] == ["a red circle", "a blue square"]
+    assert (tmp_path / "g" / "cfg_000.png").is_file() and (tmp_path / "g" / "cfg_001.png").is_file()
+    # The same folder with another seed would mix two samplings: refused in one line.
+    capsys.readouterr()
+    assert arm([*args, "--seed", "1"]) == 2
+    err = capsys.readouterr().err
+    assert "other settings" in err and err.count("\n") == 1
+    assert arm(["figures", "cfg-grid", "--ckpt", str(export), "--bench", str(bench), "--num-prompts", "1",
+                "--out", str(tmp_path / "h"), "--ar-scales", "2", "--dec-scales", "1"]) == 0
+    first_tag = json.loads((bench / "geneval.jsonl").read_text().splitlines()[0])["prompt"]
+    assert json.loads((tmp_path / "h" / "cfg_grid" / "prompts.json").read_text())["prompts"] == [first_tag]
+    assert arm(["figures", "cfg-grid", "--ckpt", str(export), "--prompts", str(prompts), "--out",
+                str(tmp_path / "x"), "--ar-scales", "1,big"]) == 2
+    assert "--ar-scales takes comma-separated numbers" in capsys.readouterr().err
