@@ -159,6 +159,18 @@ def test_formats_settings_and_errors(export, bench, tmp_path):
         load_for_eval(str(export), guidance=2.0)
 
 
+def test_eval_sampling_overrides(export, bench, tmp_path, capsys):
+    vqa = ["eval", "vqa", "--ckpt", str(export), "--data", str(bench / "vqa.jsonl"), "--limit", "1", "--no-progress"]
+    assert arm([*vqa, "--out", str(tmp_path / "v"), "--sampling", "cfg=3", "--sampling", "max_new_tokens=2"]) == 0
+    settings = json.loads((tmp_path / "v" / "summary.json").read_text())["config"]["model_settings"]
+    assert (settings["cfg"], settings["max_new_tokens"], settings["text_cfg"]) == (3.0, 2, 2.0)
+    capsys.readouterr()
+    for bad, message in (("guidance=2", "unknown sampling setting"), ("cfg", "--sampling takes KEY=VALUE")):
+        assert arm([*vqa, "--out", str(tmp_path / "w"), "--sampling", bad]) == 2
+        err = capsys.readouterr().err
+        assert message in err and err.count("\n") == 1
+
+
 def test_cfg_grid_command(export, bench, tmp_path, capsys):
     prompts = tmp_path / "prompts.txt"
     prompts.write_text("a red circle\n\na blue square\n")

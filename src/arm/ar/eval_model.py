@@ -16,8 +16,8 @@ through the same inference helpers as ``arm generate|edit|ask`` and ARModule's v
 
 Sampling defaults are the ones the export's validation used (``arm.ar.module.validation_sampling``, stored in the
 export's config.json; ARModule's defaults for exports written without them), so ``arm eval`` numbers and the
-training curves sample alike. Every setting in use is in ``model.settings``; ``arm eval`` writes it into each
-summary's config.
+training curves sample alike; ``arm eval ... --sampling KEY=VALUE`` overrides one. Every setting in use is in
+``model.settings``, which ``arm eval`` writes into each summary's config.
 
 Determinism: one ``torch.Generator`` seeded with ``seed`` per call drives the sampler and the pixel decoder, so the
 same call with the same seed, settings and batch size gives the same images; a different ``batch_size`` groups the
@@ -182,6 +182,7 @@ def load_for_eval(path: str, *, device: str = "cpu", batch_size: int = 16, answe
     stored = bundle.meta.get("sampling")
     settings = {**validation_sampling(), **(stored or {}),
                 **{k: v for k, v in sampling.items() if v is not None}}
+    settings = {k: int(v) if k in ("top_k", "decoder_steps") else float(v) for k, v in settings.items()}
     SamplingConfig(temperature=settings["temperature"], top_k=settings["top_k"], top_p=settings["top_p"])  # checks
     settings.update(source="export" if stored else "ARModule defaults (the export holds none)",
                     answer="greedy", max_new_tokens=max_new_tokens, batch_size=batch_size,

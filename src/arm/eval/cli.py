@@ -49,6 +49,10 @@ def add_eval_parser(sub: argparse._SubParsersAction, formatter: type) -> None:
     p.add_argument("--n", type=int, default=4, help="images per GenEval prompt")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--limit", type=int, default=None, help="only the first K records of each file")
+    p.add_argument("--sampling", action="append", default=[], metavar="KEY=VALUE",
+                   help="override an AR checkpoint's sampling setting (repeat): cfg, text_cfg, image_cfg, "
+                        "temperature, top_k, top_p, decoder_steps, decoder_cfg, batch_size, answer_batch_size, "
+                        "max_new_tokens, device; default: the settings its validation used")
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
 
 
@@ -93,6 +97,22 @@ def bench_file(protocol: str, bench: Path, out: Path) -> Path | None:
     return None
 
 
+def _key_values(items: list[str], flag: str) -> dict:
+    """``KEY=VALUE`` strings -> a dict; values read as int, else float, else kept as text."""
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ValueError(f"{flag} takes KEY=VALUE, got {item!r}")
+        for kind in (int, float, str):
+            try:
+                out[key] = kind(value)
+                break
+            except ValueError:
+                continue
+    return out
+
+
 def run_synergy(args: argparse.Namespace) -> int:
     """``arm eval synergy``: every recipe's paired change against SFT, and optionally Table 8's JSON."""
     from arm.eval.figures_tables import build_table8
@@ -133,7 +153,7 @@ def run_eval(args: argparse.Namespace) -> int:
     if not data.exists():
         raise FileNotFoundError(f"no benchmark data at {str(data)!r}")
     config = {k: v for k, v in vars(args).items() if k not in ("command", "func")}
-    model = load_model(args.ckpt)
+    model = load_model(args.ckpt, settings=_key_values(args.sampling, "--sampling"))
     config["model_settings"] = model.settings  # sampling settings in use: every summary's stamp carries them
     run = Run(model, make_judge(args.judge, args.judge_url, args.judge_model), args.seed, args.limit, config,
               progress=not args.no_progress)

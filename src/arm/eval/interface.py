@@ -127,12 +127,12 @@ class DummyModel(EvalModel):
 class ARCheckpointModel(EvalModel):
     """Our unified AR checkpoints behind the interface: a thin shell over the AR stage's commands.
 
-    ``arm.ar.commands`` (the AR stage's generate / edit / ask commands) must provide ``load_for_eval(path)``,
-    returning an object with the four interface methods; this class only forwards to it, so sampling settings
-    (CFG, temperature, top-k) stay defined in one place, the AR stage.
+    ``arm.ar.commands`` (the AR stage's generate / edit / ask commands) must provide ``load_for_eval(path,
+    **settings)``, returning an object with the four interface methods and a ``settings`` dict; this class only
+    forwards to it, so sampling settings (CFG, temperature, top-k) stay defined in one place, the AR stage.
     """
 
-    def __init__(self, checkpoint: str):
+    def __init__(self, checkpoint: str, **settings):
         self.checkpoint = str(checkpoint)
         try:
             commands = importlib.import_module("arm.ar.commands")
@@ -143,7 +143,7 @@ class ARCheckpointModel(EvalModel):
         if loader is None:
             raise ValueError("arm.ar.commands has no load_for_eval(path); the eval harness needs it to load an "
                              "AR checkpoint")
-        self.inner = loader(self.checkpoint)
+        self.inner = loader(self.checkpoint, **settings)
 
     @property
     def settings(self) -> dict:
@@ -162,9 +162,11 @@ class ARCheckpointModel(EvalModel):
         return self.inner.loglikelihood(list(images), list(questions), list(answers))
 
 
-def load_model(ckpt: str, wrong: Collection[str] = ()) -> EvalModel:
+def load_model(ckpt: str, wrong: Collection[str] = (), settings: Mapping | None = None) -> EvalModel:
     """``dummy`` -> ``DummyModel`` (``wrong`` as its list of prompts to fail); anything else -> our AR
-    checkpoint at that path."""
+    checkpoint at that path, with ``settings`` overriding its sampling settings."""
     if ckpt == "dummy":
+        if settings:
+            raise ValueError("sampling settings apply to AR checkpoints, not to `--ckpt dummy`")
         return DummyModel(wrong=wrong)
-    return ARCheckpointModel(ckpt)
+    return ARCheckpointModel(ckpt, **(settings or {}))
