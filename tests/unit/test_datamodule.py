@@ -351,22 +351,25 @@ def test_trainer_logs_skipped_samples(corrupt_world, tmp_path):
     assert rows and float(rows[-1]["data/skipped"]) == 1.0
 
 
+class EpochKeysRecorder(MeanPixelModel):
+    """Records the keys trained under each ``trainer.current_epoch``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.seen: dict[int, list[str]] = {}
+
+    def training_step(self, batch, batch_idx):
+        self.seen.setdefault(self.current_epoch, []).extend(batch["key"])
+        return super().training_step(batch, batch_idx)
+
+
 def test_trainer_epochs_reach_the_stream(world):
     root, keys = world
-
-    class Recorder(MeanPixelModel):
-        def __init__(self) -> None:
-            super().__init__()
-            self.seen: dict[int, list[str]] = {}
-
-        def training_step(self, batch, batch_idx):
-            self.seen.setdefault(self.current_epoch, []).extend(batch["key"])
-            return super().training_step(batch, batch_idx)
 
     def datamodule() -> ShapeWorldDataModule:
         return ShapeWorldDataModule(data_dir=str(root), batch_size=4, shuffle_buffer=4, seed=3, val_samples=2)
 
-    model = Recorder()
+    model = EpochKeysRecorder()
     trainer = L.Trainer(max_epochs=2, accelerator="cpu", devices=1, logger=False, enable_checkpointing=False,
                         enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0)
     with warnings.catch_warnings():
@@ -375,6 +378,37 @@ def test_trainer_epochs_reach_the_stream(world):
     loader = datamodule().train_dataloader()  # outside a trainer: pass n is epoch n
     assert model.seen[0] == loader_keys(loader) and model.seen[1] == loader_keys(loader)
     assert model.seen[0] != model.seen[1] and sorted(model.seen[1]) == sorted(keys["train"])
+
+
+def _fit_recording(root: Path, ckpt_dir: Path, ckpt_path: str | None = None, **limits) -> dict[int, list[str]]:
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    model = EpochKeysRecorder()
+    every = {"every_n_train_steps": limits.pop("save_every_steps")} if "save_every_steps" in limits else {}
+    trainer = L.Trainer(accelerator="cpu", devices=1, logger=False, enable_progress_bar=False,
+                        enable_model_summary=False, num_sanity_val_steps=0, limit_val_batches=0,
+                        callbacks=[ModelCheckpoint(dirpath=str(ckpt_dir), save_last=True, **every)], **limits)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        trainer.fit(model, datamodule=ShapeWorldDataModule(data_dir=str(root), batch_size=4, shuffle_buffer=4,
+                                                             seed=3), ckpt_path=ckpt_path)
+    return model.seen
+
+
+@pytest.mark.parametrize("save", ["last_batch", "epoch_end"])
+def test_resume_at_epoch_boundary_trains_the_next_epochs_draws(world, tmp_path, save):
+    # 20 train samples in batches of 4: an epoch is 5 steps. "last_batch": the checkpoint is written after the
+    # epoch's last batch (every_n_train_steps, max_steps); "epoch_end": at the end of the epoch (max_epochs).
+    root, _ = world
+    if save == "last_batch":
+        first, second = {"max_steps": 5, "save_every_steps": 5}, {"max_steps": 10, "save_every_steps": 5}
+    else:
+        first, second = {"max_epochs": 1}, {"max_epochs": 2}
+    uninterrupted = _fit_recording(root, tmp_path / "full", **second)
+    assert sorted(uninterrupted) == [0, 1] and uninterrupted[0] != uninterrupted[1]
+    assert _fit_recording(root, tmp_path / "ckpt", **first) == {0: uninterrupted[0]}
+    resumed = _fit_recording(root, tmp_path / "ckpt", str(tmp_path / "ckpt" / "last.ckpt"), **second)
+    assert resumed == {1: uninterrupted[1]}  # epoch 1's own draws, not a replay of epoch 0's
 
 
 # ---------------------------------------------------------------------------------------------------- DDP

@@ -17,8 +17,8 @@ process because workers are not part of the process group.
 Determinism. The shard permutation is seeded by ``(seed, epoch)``, the sample shuffle buffer by
 ``(seed, epoch, consumer)``, the VQA question choice by ``(seed, epoch, key)``: for a fixed seed, world size and
 ``num_workers`` the order of keys in an epoch is fixed; epochs differ. The epoch reaches the workers through
-``ShapeWorldLoader``, which sets it on the stream in the main process before each pass (Lightning's current
-epoch, or a pass counter outside a trainer). Val and test are never shuffled and always use epoch 0.
+``ShapeWorldLoader``, which sets it on the stream in the main process before each pass (the epoch Lightning trains
+the pass under, see ``trainer_epoch``, or a pass counter outside a trainer). Val and test are never shuffled and always use epoch 0.
 
 Corrupt samples. A sample whose json or png does not decode (or lacks a member), and a tar member or shard that
 cannot be read, is skipped with a ``CorruptSampleWarning`` naming the key (or shard) and the error, and counted
@@ -218,6 +218,22 @@ class ShapeWorldStream(IterableDataset):
                 yield emit(rest)
 
 
+def trainer_epoch(trainer: L.Trainer) -> int:
+    """The epoch a train pass that starts now is trained under: ``trainer.current_epoch`` once fit is running.
+
+    Why not ``current_epoch`` itself: Lightning (2.6) creates the train iterator in ``FitLoop.setup_data``, before
+    ``FitLoop.reset``/``on_run_start`` settle the epoch counters restored from a checkpoint. Resumed from a
+    checkpoint written after an epoch's last batch (``every_n_train_steps``, ``max_steps``) or at its end
+    (``max_epochs``), ``current_epoch`` still reads the finished epoch when the stream starts, and the next epoch
+    would be trained on its draws. The restored counters already say which epoch comes next: the epochs whose
+    batches all ran (``processed``), plus the epoch in progress when its last batch has run but it has not been
+    counted yet. Outside a restore this equals ``current_epoch``.
+    """
+    progress = trainer.fit_loop.epoch_progress.current
+    last_batch_ran = trainer.fit_loop.epoch_loop.batch_progress.is_last_batch
+    return progress.processed + int(last_batch_ran and progress.processed < progress.started)
+
+
 class ShapeWorldLoader(DataLoader):
     """A DataLoader of a ``ShapeWorldStream`` that hands the stream its epoch (and rank) before each pass.
 
@@ -307,7 +323,7 @@ class ShapeWorldDataModule(L.LightningDataModule):
         return distributed_rank()
 
     def _train_epoch(self) -> int | None:
-        return self.trainer.current_epoch if self.trainer is not None else None
+        return trainer_epoch(self.trainer) if self.trainer is not None else None
 
     def stream(self, split: str) -> ShapeWorldStream:
         train = split == "train"
