@@ -15,6 +15,7 @@ import dataclasses
 import math
 import os
 from dataclasses import dataclass, field
+from types import SimpleNamespace
 
 import torch
 import torch.nn.functional as F
@@ -99,11 +100,17 @@ class SemanticTokenizer(nn.Module):
         return self.decoder.sample(z_q, steps=steps, cfg_scale=cfg_scale, generator=generator)
 
 
-def save_tokenizer(model: SemanticTokenizer, directory: str, teacher_dir: str, lm_dir: str | None) -> str:
-    """Write ``model.safetensors`` and ``config.json`` (sizes + the teacher/LM paths) into ``directory``."""
+def save_tokenizer(model: SemanticTokenizer, directory: str, teacher_dir: str, lm_dir: str | None,
+                   state: dict[str, torch.Tensor] | None = None) -> str:
+    """Write ``model.safetensors`` and ``config.json`` (sizes + the teacher/LM paths) into ``directory``.
+
+    ``state``: the weights to write instead of ``model.state_dict()``; an FSDP2-sharded model passes its gathered
+    ``arm.parallel.full_state_dict`` here, because its own state dict holds shards.
+    """
     meta = {"tokenizer_config": model.config.to_json(), "teacher_dir": os.path.abspath(teacher_dir),
             "lm_dir": os.path.abspath(lm_dir) if lm_dir else None}
-    return save_export(directory, model, meta)
+    weights = model if state is None else SimpleNamespace(state_dict=lambda: state)
+    return save_export(directory, weights, meta)
 
 
 def load_tokenizer(directory: str) -> tuple[SemanticTokenizer, dict]:

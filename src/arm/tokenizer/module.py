@@ -216,8 +216,13 @@ class TokenizerModule(L.LightningModule):
         return os.path.join(self.trainer.default_root_dir, "tokenizer")
 
     def on_fit_end(self) -> None:
-        if self.hparams.export and self.trainer.is_global_zero:
-            save_tokenizer(self.model, self.export_dir(), self.hparams.teacher_dir, self.hparams.lm_dir)
+        if not self.hparams.export:
+            return
+        from arm.parallel import full_state_dict
+
+        state = full_state_dict(self.model)  # a collective under FSDP2: every rank takes part, rank 0 gets it all
+        if self.trainer.is_global_zero:
+            save_tokenizer(self.model, self.export_dir(), self.hparams.teacher_dir, self.hparams.lm_dir, state)
 
     def state_dict(self, *args, **kwargs):
         # Checkpoints hold the trainable tokenizer only; the frozen teacher and LM are loaded from their folders.
