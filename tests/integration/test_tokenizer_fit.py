@@ -44,16 +44,24 @@ def _fit_args(parts, out, *extra):
             "--trainer.default_root_dir", str(out), *extra]
 
 
-def test_fit_export_eval_encode_decode(parts, tmp_path):
-    out = tmp_path / "run"
+@pytest.fixture(scope="module")
+def export(parts, tmp_path_factory) -> Path:
+    """The tiny tokenizer trained with all four losses (tiny.yaml) and exported by fit."""
+    out = tmp_path_factory.mktemp("run")
     assert main(_fit_args(parts, out)) == 0
-    export = out / "tokenizer"
+    return out / "tokenizer"
+
+
+def _eval_args(parts, export, report, *extra):
+    return ["eval", "--ckpt", str(export), "--data", str(parts / "world"), "--out", str(report), "--num-val", "16",
+            "--num-probe-train", "32", "--recon-images", "4", "--steps", "2", "--batch-size", "8", *extra]
+
+
+def test_fit_export_eval_encode_decode(parts, export, tmp_path):
     assert (export / "model.safetensors").is_file() and (export / "config.json").is_file()
 
     report = tmp_path / "eval.json"
-    assert main(["eval", "--ckpt", str(export), "--data", str(parts / "world"), "--out", str(report),
-                 "--num-val", "16", "--num-probe-train", "32", "--recon-images", "4", "--steps", "2",
-                 "--batch-size", "8"]) == 0
+    assert main(_eval_args(parts, export, report)) == 0
     metrics = json.loads(report.read_text())
     for key in ("psnr", "ssim", "code_usage", "code_perplexity", "zero_shot_acc", "probe_acc", "caption_ppl",
                 "semantic_recon_acc", "fd_teacher"):
@@ -103,7 +111,7 @@ def test_bad_inputs_are_one_line_errors(parts, tmp_path, capsys):
 
         TokenizerModule(str(parts / "teacher"), w_cap=0, decoder=PixelDiTConfig(image_size=32))
     module = TokenizerModule(str(parts / "teacher"), w_cap=0, levels=[4, 4, 3])
-    with pytest.raises(ValueError, match="teacher expects images of shape"):
+    with pytest.raises(ValueError, match="set model.decoder.image_size to the data's image size"):
         module.losses(torch.rand(2, 3, 32, 32), ["a", "b"])
     assert main(["decode", "--ckpt", str(tmp_path / "nothing"), "--codes", str(tmp_path / "none.npy"),
                  "--out", str(tmp_path)]) == 2
@@ -124,3 +132,96 @@ def test_resume_from_last_checkpoint(parts, tmp_path):
     assert main(_fit_args(parts, out, "--trainer.max_steps", "4", *ckpt_args, "--ckpt_path", str(last))) == 0
     assert torch.load(last, map_location="cpu", weights_only=True)["global_step"] == 4
     shutil.rmtree(out)
+
+
+def _small_clip_file(path: Path) -> Path:
+    """A randomly initialised OpenAI CLIP ViT (32 px input, 16 px patches: 4 patch features of width 64; text width
+    64, so the default 64-wide heads fit), saved as a plain state dict."""
+    from clip.model import CLIP
+
+    torch.manual_seed(0)
+    model = CLIP(embed_dim=32, image_resolution=32, vision_layers=1, vision_width=64, vision_patch_size=16,
+                 context_length=77, vocab_size=49408, transformer_width=64, transformer_heads=1, transformer_layers=1)
+    torch.save(model.float().state_dict(), path)
+    return path
+
+
+def test_clip_teacher_file_trains_with_the_decoder_at_the_data_resolution(parts, tmp_path):
+    from arm.tokenizer.model import TokenizerBundle
+
+    clip_path = _small_clip_file(tmp_path / "clip.pt")
+    out = tmp_path / "clip_run"
+    # 64 px data and pixel decoder (tiny.yaml) around a 32 px CLIP teacher, no caption LM.
+    assert main(["fit", "--config", TINY, "--data.data_dir", str(parts / "world"), "--model.teacher_dir",
+                 str(clip_path), "--model.lm_dir", "null", "--model.w_cap", "0", "--trainer.max_steps", "3",
+                 "--trainer.limit_val_batches", "1", "--trainer.default_root_dir", str(out)]) == 0
+    bundle = TokenizerBundle.load(str(out / "tokenizer"))
+    assert bundle.teacher.config.image_size == 32 and bundle.image_size == 64
+    images = torch.rand(2, 3, 64, 64)
+    codes = bundle.encode(images)
+    assert codes.shape == (2, 4) and int(codes.max()) < 4 * 4 * 3
+    assert bundle.decode(codes, steps=2).shape == (2, 3, 64, 64)
+
+
+def test_eval_with_inception_weights_reports_rfid_and_writes_reconstruction_pngs(parts, export, tmp_path):
+    from arm.data.datamodule import ShapeWorldStream
+    from arm.data.samples import expand_shards
+    from arm.eval.figures_io import read_png
+    from tests.unit.test_tokenizer_metrics import write_random_inception
+
+    weights = write_random_inception(tmp_path / "inception.pt")
+    report = tmp_path / "out" / "eval.json"
+    assert main(_eval_args(parts, export, report, "--inception-weights", weights)) == 0
+    metrics = json.loads(report.read_text())
+    assert np.isfinite(metrics["rfid"]) and metrics["rfid"] >= -1e-6 and "fd_teacher" in metrics
+    # the reconstructions of the first val images, beside the JSON, for `arm figures`
+    recon = tmp_path / "out" / "recon"
+    assert metrics["recon_dir"] == str(recon)
+    assert sorted(p.name for p in recon.iterdir()) == [f"{kind}-{i:04d}.png" for kind in ("orig", "recon")
+                                                      for i in range(4)]
+    first = next(iter(ShapeWorldStream(expand_shards(str(parts / "world" / "val")), task="scene", batch_size=4)))
+    for i, image in enumerate(first["image"]):  # originals are the val images in stream order, as uint8 HWC
+        expected = (image.permute(1, 2, 0) * 255 + 0.5).clamp(0, 255).to(torch.uint8).numpy()
+        assert np.array_equal(read_png(recon / f"orig-{i:04d}.png"), expected)
+        assert read_png(recon / f"recon-{i:04d}.png").shape == (64, 64, 3)
+
+
+def test_bad_inputs_through_the_commands_are_one_line_errors(parts, export, tmp_path, capsys):
+    from arm.data.shapeworld.render import encode_png
+    from arm.io import write_json_atomic
+
+    def fails(args, *expected):
+        capsys.readouterr()
+        assert main(args) == 2
+        lines = capsys.readouterr().err.strip().splitlines()  # progress bars may come first
+        assert [line for line in lines if "error" in line.lower()] == lines[-1:], lines
+        assert all(text in lines[-1] for text in expected), lines[-1]
+
+    missing = str(tmp_path / "missing")
+    fails(_fit_args(parts, tmp_path / "a", "--model.teacher_dir", missing), "arm: error: no teacher at",
+          "model.teacher_dir")
+    fails(_fit_args(parts, tmp_path / "b", "--model.lm_dir", missing), "arm: error:", "arm lm fit")
+    fails(_fit_args(parts, tmp_path / "c", "--model.inception_weights", missing), "no Inception weights")
+    fails(_eval_args(parts, export, tmp_path / "e.json", "--inception-weights", missing), "no Inception weights")
+    # an export pointed at a teacher with other feature sizes (a CLIP file: 64-wide patch features, not 32)
+    other = tmp_path / "other_teacher"
+    shutil.copytree(export, other)
+    config = json.loads((other / "config.json").read_text())
+    write_json_atomic(other / "config.json", {**config, "teacher_dir": str(_small_clip_file(tmp_path / "c.pt"))})
+    fails(["encode", "--ckpt", str(other), "--shards", str(parts / "world" / "val"), "--out", str(tmp_path / "x")],
+          "trained on a teacher with 32-wide patch features", "use the teacher it was trained with")
+    # a shard of 32 px images given to a 64 px tokenizer
+    import webdataset as wds
+
+    sample = next(iter(wds.tarfile_samples([{"url": str(sorted((parts / "world" / "val").glob("*.tar"))[0])}])))
+    small = tmp_path / "small" / "shard-000000.tar"
+    small.parent.mkdir()
+    with wds.TarWriter(str(small), encoder=False) as sink:
+        sink.write({"__key__": sample["__key__"], "json": sample["json"],
+                    "png": encode_png(np.zeros((32, 32, 3), np.uint8))})
+    fails(["encode", "--ckpt", str(export), "--shards", str(small.parent), "--out", str(tmp_path / "y")],
+          "encodes and decodes 64x64 RGB images", "resize the images to 64x64")
+    codes = tmp_path / "codes.npy"
+    np.save(codes, np.full((1, 64), 48))  # 4 * 4 * 3 = 48 codes: 48 is one past the last
+    fails(["decode", "--ckpt", str(export), "--codes", str(codes), "--out", str(tmp_path / "z")],
+          "codes must lie in [0, 48)")

@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from arm.tokenizer.metrics import (
+    InceptionFeatures,
     code_histogram,
     code_perplexity,
     code_usage,
@@ -54,3 +55,54 @@ def test_linear_probe_separable_and_random():
     assert linear_probe_accuracy(x[:400], y[:400], x[400:], y[400:]) > 0.97
     noise = torch.randn(600, 16, generator=g)
     assert linear_probe_accuracy(noise[:400], y[:400], noise[400:], y[400:]) < 0.6
+
+
+def test_frechet_distance_with_fewer_samples_than_dims_matches_closed_forms():
+    # n, m < d takes the singular-value form of the trace term; two cases with a closed form:
+    rng = np.random.default_rng()
+    a = rng.normal(size=(40, 300)) + rng.normal(size=300)
+    shift = rng.normal(size=300)
+    # a shifted copy has the same covariance: FD = |shift|^2
+    assert frechet_distance(a, a + shift) == pytest.approx(float((shift**2).sum()), rel=1e-9)
+    # a scaled copy (c > 0): mean c mu, covariance c^2 S, so FD = (1 - c)^2 (|mu|^2 + tr S)
+    c = 1.7
+    expected = (1 - c) ** 2 * (float((a.mean(0) ** 2).sum()) + float(np.trace(np.cov(a, rowvar=False))))
+    assert frechet_distance(a, c * a) == pytest.approx(expected, rel=1e-9)
+
+
+def write_random_inception(path) -> str:
+    """torch-fidelity's InceptionV3 with its random initialisation (the real weights are not at hand), saved as a
+    state dict: ~96 MB, ~2-4 s to build on one core."""
+    import torch_fidelity.feature_extractor_inceptionv3 as tf_inception
+
+    net_class = tf_inception.FeatureExtractorInceptionV3
+    with pytest.MonkeyPatch.context() as patch:  # build without its pretrained weights (it would download them)
+        patch.setattr(tf_inception, "load_state_dict_from_url", lambda *args, **kwargs: {})
+        patch.setattr(net_class, "load_state_dict", lambda self, state: None)
+        net = net_class("inception-v3-compat", ["2048"])
+    torch.save(net.state_dict(), path)
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def inception_file(tmp_path_factory) -> str:
+    return write_random_inception(tmp_path_factory.mktemp("inception") / "inception.pt")
+
+
+def test_inception_features_from_a_local_file(inception_file):
+    features = InceptionFeatures(inception_file)
+    images = torch.rand(3, 3, 40, 40)
+    out = features(images)
+    assert out.shape == (3, 2048) and out.dtype == torch.float32 and torch.isfinite(out).all()
+    # the network torch-fidelity built is the one in the file
+    saved = torch.load(inception_file, weights_only=True)
+    assert all(torch.equal(v, saved[k]) for k, v in features.net.state_dict().items())
+
+
+def test_inception_weights_that_are_missing_or_not_inception_are_one_line_errors(tmp_path):
+    with pytest.raises(FileNotFoundError, match="no Inception weights at .*fd_teacher only"):
+        InceptionFeatures(str(tmp_path / "missing.pt"))
+    torch.save({"fc.weight": torch.zeros(2, 2)}, tmp_path / "other.pt")
+    with pytest.raises(ValueError, match="is not torch-fidelity's InceptionV3 state dict") as err:
+        InceptionFeatures(str(tmp_path / "other.pt"))
+    assert "\n" not in str(err.value)

@@ -13,13 +13,16 @@ rather than with ``clip.model.build_model``, for two reasons: ``build_model`` as
 want, so the weights stay float32. Only ViT checkpoints are supported (ResNet CLIP has no patch tokens).
 
 Images in [0, 1] are resized (bicubic, antialiased) to the checkpoint's resolution when they differ, then
-normalised with CLIP's mean and std. ``patch_features`` are the ViT's final tokens after ``ln_post``, without the
-class token and before the projection.
+normalised with CLIP's mean and std, so images of any size go in (``resizes_input``: the tokenizer's pixel decoder
+can then work at the data's resolution, e.g. 512 px data through a 224 or 336 px CLIP). ``patch_features`` are the
+ViT's final tokens after ``ln_post``, without the class token and before the projection. ``config`` names the sizes
+``TokenizerModule`` reads from any teacher (``ClipTeacherConfig``).
 """
 
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -68,13 +71,40 @@ def build_clip(state: dict[str, torch.Tensor], text_heads: int | None = None) ->
     return model.float().eval()
 
 
+@dataclass(frozen=True)
+class ClipTeacherConfig:
+    """The sizes of a CLIP teacher, named as ``arm.teacher.model.TeacherConfig`` names them.
+
+    Attributes:
+        image_size: the ViT's input side (images of other sizes are resized to it).
+        patch_size: the ViT's patch side; ``(image_size / patch_size)^2`` patch features per image.
+        image_dim: width of the patch features (the vision transformer's width).
+        embed_dim: width of the image and text embeddings (the joint space).
+    """
+
+    image_size: int
+    patch_size: int
+    image_dim: int
+    embed_dim: int
+
+    @property
+    def num_patches(self) -> int:
+        return (self.image_size // self.patch_size) ** 2
+
+
 class ClipTeacher(nn.Module):
     """A CLIP ViT with the teacher interface; see the module docstring."""
+
+    resizes_input = True
+    """Images of any size are accepted and resized to ``config.image_size`` (``DualEncoder`` requires its own)."""
 
     def __init__(self, clip_model: nn.Module) -> None:
         super().__init__()
         self.clip = clip_model
-        self.image_size = clip_model.visual.input_resolution
+        visual = clip_model.visual
+        self.image_size = visual.input_resolution
+        self.config = ClipTeacherConfig(image_size=visual.input_resolution, patch_size=visual.conv1.kernel_size[0],
+                                        image_dim=visual.conv1.out_channels, embed_dim=visual.proj.shape[1])
         self.register_buffer("mean", torch.tensor(CLIP_MEAN).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(CLIP_STD).view(1, 3, 1, 1), persistent=False)
 

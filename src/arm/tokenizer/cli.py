@@ -2,7 +2,8 @@
 
 - ``arm tokenizer fit|validate --config experiments/tokenizer/<name>.yaml``: LightningCLI over ``TokenizerModule``
   and ``ShapeWorldDataModule`` (task ``scene``, so validation can score against the scenes).
-- ``arm tokenizer eval --ckpt DIR --data WORLD --out FILE.json``: every tokenizer metric on val (+ linear probes).
+- ``arm tokenizer eval --ckpt DIR --data WORLD --out FILE.json``: every tokenizer metric on val (+ linear probes,
+  + ``rfid`` with ``--inception-weights``), and reconstruction PNGs in ``<dir of FILE>/recon/``.
 - ``arm tokenizer encode --ckpt DIR --shards PATTERN --out DIR``: code shards for the AR stage.
 - ``arm tokenizer decode --ckpt DIR --codes FILE.npy --out DIR``: codes back to PNG images.
 - ``arm tokenizer table7 --out results``: the loss ablation of the paper's Table 7 (``make table7``).
@@ -32,6 +33,8 @@ def _utility_parser() -> argparse.ArgumentParser:
     ev.add_argument("--steps", type=int, default=10, help="decoder Euler steps")
     ev.add_argument("--cfg", type=float, default=1.0, help="decoder-side CFG scale")
     ev.add_argument("--batch-size", type=int, default=64)
+    ev.add_argument("--inception-weights", default=None,
+                    help="local torch-fidelity InceptionV3 weights file: adds rfid (else only fd_teacher, not an FID)")
     enc = sub.add_parser("encode", help="write code shards (webdataset) for the AR stage",
                          formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     enc.add_argument("--ckpt", required=True, help="exported tokenizer folder")
@@ -71,8 +74,25 @@ def main(args: list[str] | None = None) -> int:
     from arm.data.datamodule import ShapeWorldDataModule
     from arm.tokenizer.module import TokenizerModule
 
-    LightningCLI(TokenizerModule, ShapeWorldDataModule, args=args, save_config_kwargs={"overwrite": True})
+    class TokenizerCLI(LightningCLI):
+        def instantiate_classes(self) -> None:
+            # A bad setting (a path that does not exist, sizes that do not fit the teacher) is found while the
+            # module and DataModule are built: report it as one line. Errors during training keep their traceback.
+            try:
+                super().instantiate_classes()
+            except (FileNotFoundError, ValueError) as err:
+                raise BadSetting(str(err)) from err
+
+    try:
+        TokenizerCLI(TokenizerModule, ShapeWorldDataModule, args=args, save_config_kwargs={"overwrite": True})
+    except BadSetting as err:
+        print(f"arm: error: {err}", file=sys.stderr)
+        return 2
     return 0
+
+
+class BadSetting(Exception):
+    """A ValueError or FileNotFoundError raised while LightningCLI builds the module or DataModule."""
 
 
 if __name__ == "__main__":

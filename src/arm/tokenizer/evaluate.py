@@ -3,6 +3,8 @@
 ``TokenizerEvaluator.update`` takes a batch's images, scenes (``meta``, may be None for real data), z_q, code
 indices and loss parts; ``compute`` returns every metric (see ``TokenizerModule``'s docstring for definitions).
 ``linear_probes`` fits the logistic-regression probes on pooled z_q (colour, shape, object count).
+With an ``InceptionFeatures`` the reconstructed images also give ``rfid`` (FID between originals and their
+reconstructions); without one only ``fd_teacher``, which is not an FID.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import torch
 from arm.data.shapeworld.scene import scene_label
 from arm.data.shapeworld.world import CLASSES, COLORS
 from arm.tokenizer.metrics import (
+    InceptionFeatures,
     code_histogram,
     code_perplexity,
     code_usage,
@@ -29,8 +32,8 @@ class TokenizerEvaluator:
     """Accumulates code statistics, zero-shot counts, loss sums and reconstruction metrics."""
 
     def __init__(self, tokenizer, teacher, recon_images: int = 128, decode_steps: int = 10,
-                 cfg_scale: float = 1.0) -> None:
-        self.tokenizer, self.teacher = tokenizer, teacher
+                 cfg_scale: float = 1.0, inception: InceptionFeatures | None = None) -> None:
+        self.tokenizer, self.teacher, self.inception = tokenizer, teacher, inception
         self.recon_images, self.decode_steps, self.cfg_scale = recon_images, decode_steps, cfg_scale
         self.hist = torch.zeros(tokenizer.codebook_size, dtype=torch.long)
         self.sums: dict[str, float] = {}
@@ -41,7 +44,8 @@ class TokenizerEvaluator:
                 "color": (list(COLORS), teacher.embed_texts([COLOR_PROMPT.format(c) for c in COLORS])),
                 "class": (list(CLASSES), teacher.embed_texts([SHAPE_PROMPT.format(c) for c in CLASSES])),
             }
-        self.recon: dict[str, list] = {"psnr": [], "ssim": [], "semantic": [], "real": [], "fake": []}
+        self.recon: dict[str, list] = {"psnr": [], "ssim": [], "semantic": [], "real": [], "fake": [],
+                                       "inception_real": [], "inception_fake": []}
         self.grid: torch.Tensor | None = None
 
     @torch.no_grad()
@@ -77,6 +81,9 @@ class TokenizerEvaluator:
         self.recon["ssim"] += ssim(recon, images, data_range=1.0, reduction="none").tolist()  # per image
         self.recon["real"].append(self.teacher.patch_features(images).mean(1).cpu())
         self.recon["fake"].append(self.teacher.patch_features(recon).mean(1).cpu())
+        if self.inception is not None:
+            self.recon["inception_real"].append(self.inception(images))
+            self.recon["inception_fake"].append(self.inception(recon))
         if metas is not None:
             from arm.data.shapeworld.detector import detect_scene
             from arm.data.shapeworld.judge import scenes_match
@@ -87,6 +94,14 @@ class TokenizerEvaluator:
                 self.recon["semantic"].append(scenes_match(Scene.from_json(meta["scene"]), detect_scene(img)))
         if self.grid is None:
             self.grid = torch.cat([images[:8].cpu(), recon[:8].cpu()])
+
+    def recon_pairs(self) -> tuple[list[np.ndarray], list[np.ndarray]]:
+        """The grid's originals and reconstructions as (H, W, 3) uint8 arrays (empty without reconstructions)."""
+        if self.grid is None:
+            return [], []
+        pixels = (self.grid.permute(0, 2, 3, 1).float() * 255 + 0.5).clamp(0, 255).to(torch.uint8).numpy()
+        half = len(pixels) // 2
+        return list(pixels[:half]), list(pixels[half:])
 
     def compute(self) -> dict[str, float]:
         n = max(self.count, 1)
@@ -105,6 +120,9 @@ class TokenizerEvaluator:
             out["ssim"] = float(np.mean(rec["ssim"]))
             if len(rec["psnr"]) > 2:
                 out["fd_teacher"] = frechet_distance(torch.cat(rec["real"]).numpy(), torch.cat(rec["fake"]).numpy())
+                if rec["inception_real"]:
+                    out["rfid"] = frechet_distance(torch.cat(rec["inception_real"]).numpy(),
+                                                   torch.cat(rec["inception_fake"]).numpy())
         if rec["semantic"]:
             out["semantic_recon_acc"] = float(np.mean(rec["semantic"]))
         return out

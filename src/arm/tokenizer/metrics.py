@@ -6,11 +6,17 @@
 - ``frechet_distance``: the Fréchet distance between two Gaussians fitted to feature sets (Heusel et al. 2017,
   the formula behind FID). With Inception features it is FID; with the teacher's features we report it as
   ``fd_teacher`` and never call it FID.
+- ``InceptionFeatures``: torch-fidelity's InceptionV3 (the network FID is defined with, 2048-d pool features) from
+  a local weights file; ``rfid`` is ``frechet_distance`` of its features of originals and reconstructions.
 - ``linear_probe_accuracy``: a multinomial logistic regression on frozen features, fit on one set and scored on
   another (L-BFGS on the full batch, L2-regularised; features standardised with the fit set's statistics).
 """
 
 from __future__ import annotations
+
+import math
+import os
+import pickle
 
 import numpy as np
 import torch
@@ -42,19 +48,70 @@ def code_perplexity(hist: torch.Tensor) -> float:
 
 
 def frechet_distance(a: np.ndarray, b: np.ndarray) -> float:
-    """Fréchet distance between Gaussians fitted to feature sets ``a`` (n, d) and ``b`` (m, d)."""
+    """Fréchet distance between Gaussians fitted to feature sets ``a`` (n, d) and ``b`` (m, d):
+    ``|mu_a - mu_b|^2 + tr(S_a) + tr(S_b) - 2 tr((S_a S_b)^(1/2))`` with unbiased covariances.
+
+    With fewer samples than dimensions (reconstruction sets of a few hundred images, 2048-d Inception features)
+    the trace term is taken exactly without a d x d matrix square root: with centred features A and B,
+    S_a S_b = A'A B'B / ((n-1)(m-1)) has the same non-zero eigenvalues as (B A')(B A')', so
+    tr((S_a S_b)^(1/2)) is the sum of the singular values of the n x m matrix A B', over sqrt((n-1)(m-1)).
+    Otherwise ``scipy.linalg.sqrtm`` of the d x d product, as FID codes do.
+    """
     a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
     if a.ndim != 2 or b.ndim != 2 or a.shape[1] != b.shape[1]:
         raise ValueError(f"frechet_distance needs two (n, d) feature sets of equal d, got {a.shape} and {b.shape}")
+    (n, d), m = a.shape, b.shape[0]
+    if n < 2 or m < 2:
+        raise ValueError(f"frechet_distance needs at least 2 samples per set, got {n} and {m}")
     mu_a, mu_b = a.mean(0), b.mean(0)
-    cov_a, cov_b = np.atleast_2d(np.cov(a, rowvar=False)), np.atleast_2d(np.cov(b, rowvar=False))
-    covmean = linalg.sqrtm(cov_a @ cov_b)
-    if not np.isfinite(covmean).all():
-        # Near-singular products (few samples, many dims): regularise both covariances, as FID codes do.
-        offset = np.eye(a.shape[1]) * 1e-6
-        covmean = linalg.sqrtm((cov_a + offset) @ (cov_b + offset))
-    covmean = covmean.real
-    return float(((mu_a - mu_b) ** 2).sum() + np.trace(cov_a) + np.trace(cov_b) - 2 * np.trace(covmean))
+    ac, bc = a - mu_a, b - mu_b
+    trace_a, trace_b = (ac**2).sum() / (n - 1), (bc**2).sum() / (m - 1)
+    if n * m <= d * d:
+        cross = np.linalg.svd(ac @ bc.T, compute_uv=False).sum() / math.sqrt((n - 1) * (m - 1))
+    else:
+        cov_a, cov_b = ac.T @ ac / (n - 1), bc.T @ bc / (m - 1)
+        covmean = linalg.sqrtm(cov_a @ cov_b)
+        if not np.isfinite(covmean).all():
+            # Near-singular products: regularise both covariances, as FID codes do.
+            offset = np.eye(d) * 1e-6
+            covmean = linalg.sqrtm((cov_a + offset) @ (cov_b + offset))
+        cross = np.trace(covmean.real)
+    return float(((mu_a - mu_b) ** 2).sum() + trace_a + trace_b - 2 * cross)
+
+
+class InceptionFeatures:
+    """2048-d pool features of torch-fidelity's ``inception-v3-compat`` network, weights from a local file.
+
+    The file is torch-fidelity's ``pt_inception-2015-12-05`` state dict (what it downloads; nothing is fetched
+    here). It is read once with ``weights_only=True`` first, so a file that holds anything but tensors is refused
+    before torch-fidelity loads it again (it calls ``torch.load`` without ``weights_only``). Images in [0, 1] are
+    rounded to uint8, the input torch-fidelity expects (it resizes to 299 px inside), as a PNG written from them
+    would be.
+    """
+
+    def __init__(self, weights_path: str) -> None:
+        if not os.path.isfile(weights_path):
+            raise FileNotFoundError(f"no Inception weights at {weights_path!r}: give a local copy of torch-fidelity's "
+                                    f"pt_inception-2015-12-05 weights file, or leave the Inception weights unset to "
+                                    f"report fd_teacher only")
+        try:
+            torch.load(weights_path, map_location="cpu", weights_only=True)
+            from torch_fidelity.feature_extractor_inceptionv3 import FeatureExtractorInceptionV3
+
+            self.net = FeatureExtractorInceptionV3("inception-v3-compat", ["2048"],
+                                                   feature_extractor_weights_path=weights_path).eval()
+        except (RuntimeError, KeyError, EOFError, AttributeError, TypeError, pickle.UnpicklingError) as err:
+            # not a weights-only file, not a state dict, or not Inception's
+            raise ValueError(f"{weights_path!r} is not torch-fidelity's InceptionV3 state dict "
+                             f"({type(err).__name__}: {str(err).splitlines()[0][:120]})") from None
+        self.net.requires_grad_(False)
+
+    @torch.no_grad()
+    def __call__(self, images: torch.Tensor) -> torch.Tensor:
+        """Images (B, 3, H, W) in [0, 1] -> features (B, 2048) float32 on the CPU."""
+        self.net.to(images.device)
+        pixels = (images.float().clamp(0, 1) * 255 + 0.5).to(torch.uint8)
+        return self.net(pixels)[0].float().cpu()
 
 
 def linear_probe_accuracy(

@@ -6,7 +6,9 @@ into the caption LM's embedding space. The frozen teacher and caption LM are not
 ``config.json`` points to them by path, so one folder "holds or points to" everything needed to encode and decode.
 
 ``TokenizerBundle`` = teacher + tokenizer, the object other stages use: ``encode(images) -> indices (B, N)`` and
-``decode(indices) -> images``.
+``decode(indices) -> images``. The teacher is an ``arm teacher fit`` export folder or a local OpenAI CLIP file
+(``load_tokenizer_teacher``); the pixel decoder works at the data's resolution, which equals the teacher's input
+size for the former and may differ from it for CLIP (which resizes its input).
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from arm.tokenizer.pixel_decoder import PixelDiT, PixelDiTConfig
 from arm.tokenizer.projection import CodeProjection
 
 CREATE_COMMAND = "arm tokenizer fit --config experiments/tokenizer/shapeworld.yaml"
+TEACHER_COMMAND = "arm teacher fit --config experiments/teacher/shapeworld.yaml"
 
 
 @dataclass
@@ -121,6 +124,33 @@ def load_tokenizer(directory: str) -> tuple[SemanticTokenizer, dict]:
     return model.eval(), meta
 
 
+def load_tokenizer_teacher(path: str) -> nn.Module:
+    """The frozen teacher named by ``path`` (eval mode): an ``arm teacher fit`` export folder (``DualEncoder``) or
+    a local OpenAI CLIP ViT weights file (``ClipTeacher``: a TorchScript archive or a ``torch.save``-d state dict).
+    Either has ``patch_features``, ``embed_texts`` and a ``config`` with ``image_size``, ``image_dim`` (patch-feature
+    width) and ``embed_dim`` (text-embedding width)."""
+    if os.path.isfile(path):
+        from arm.teacher.clip_teacher import ClipTeacher
+
+        return ClipTeacher.from_file(path).eval()
+    if not os.path.isdir(path):
+        raise FileNotFoundError(f"no teacher at {path!r}: point model.teacher_dir to an exported teacher folder "
+                                f"(`{TEACHER_COMMAND}` writes <root>/teacher) or to a local OpenAI CLIP ViT weights file")
+    from arm.teacher.model import load_teacher
+
+    return load_teacher(path)
+
+
+def check_teacher_fits(teacher: nn.Module, config: TokenizerConfig, teacher_path: str, where: str) -> None:
+    """One-line ``ValueError`` when the teacher's feature or text-embedding width differs from the tokenizer's."""
+    tc = teacher.config
+    if (tc.image_dim, tc.embed_dim) != (config.feature_dim, config.text_embed_dim):
+        raise ValueError(f"{where} was trained on a teacher with {config.feature_dim}-wide patch features and "
+                         f"{config.text_embed_dim}-wide text embeddings, but the teacher at {teacher_path!r} has "
+                         f"{tc.image_dim} and {tc.embed_dim}: use the teacher it was trained with (teacher_dir in its "
+                         f"config.json) or retrain the tokenizer on this one (`{CREATE_COMMAND}`)")
+
+
 class TokenizerBundle(nn.Module):
     """Frozen teacher + trained tokenizer: images <-> code indices. Load with ``TokenizerBundle.load(dir)``."""
 
@@ -130,23 +160,41 @@ class TokenizerBundle(nn.Module):
         self.requires_grad_(False)
 
     @classmethod
-    def load(cls, directory: str) -> TokenizerBundle:
-        from arm.teacher.model import load_teacher
-
+    def load(cls, directory: str, teacher_path: str | None = None) -> TokenizerBundle:
+        """The export in ``directory`` with the teacher its config.json names (or ``teacher_path``)."""
         tokenizer, meta = load_tokenizer(directory)
-        return cls(load_teacher(meta["teacher_dir"]), tokenizer)
+        teacher_path = teacher_path or meta["teacher_dir"]
+        teacher = load_tokenizer_teacher(teacher_path)
+        check_teacher_fits(teacher, tokenizer.config, teacher_path, f"the tokenizer export {directory!r}")
+        return cls(teacher, tokenizer)
 
     @property
     def image_size(self) -> int:
         return self.tokenizer.config.decoder.image_size
 
+    def check_images(self, images: torch.Tensor) -> None:
+        """One-line ``ValueError`` unless ``images`` is (B, 3, S, S) with S the size the tokenizer decodes to."""
+        size = self.image_size
+        if images.ndim != 4 or tuple(images.shape[1:]) != (3, size, size):
+            raise ValueError(f"this tokenizer encodes and decodes {size}x{size} RGB images, got a batch of shape "
+                             f"{tuple(images.shape)}: resize the images to {size}x{size} (or train a tokenizer "
+                             f"with model.decoder.image_size set to their size)")
+
     @torch.no_grad()
     def encode(self, images: torch.Tensor) -> torch.Tensor:
         """Images (B, 3, H, W) in [0, 1] -> code indices (B, N)."""
+        self.check_images(images)
         return self.tokenizer.quantize(self.teacher.patch_features(images))[1]
 
     @torch.no_grad()
     def decode(self, indices: torch.Tensor, steps: int = 10, cfg_scale: float = 1.0,
                generator: torch.Generator | None = None) -> torch.Tensor:
-        """Code indices (B, N) -> images (B, 3, H, W) in [0, 1]."""
+        """Code indices (B, N) in [0, codebook_size) -> images (B, 3, H, W) in [0, 1]."""
+        size, tokens = self.tokenizer.codebook_size, self.teacher.config.num_patches
+        if indices.ndim != 2 or indices.shape[1] != tokens:
+            raise ValueError(f"this tokenizer decodes {tokens} codes per image, got codes of shape "
+                             f"{tuple(indices.shape)}: pass (B, {tokens}) codes from its `arm tokenizer encode`")
+        if indices.numel() and (int(indices.min()) < 0 or int(indices.max()) >= size):
+            raise ValueError(f"codes must lie in [0, {size}) for this tokenizer, got [{int(indices.min())}, "
+                             f"{int(indices.max())}]: decode codes written by this tokenizer's `arm tokenizer encode`")
         return self.tokenizer.decode_indices(indices, steps, cfg_scale, generator)

@@ -13,7 +13,8 @@ A weight of 0 skips that branch's forward pass entirely (and, for L_cap, loading
 Validation logs the losses and, on the first ``val_recon_images`` images, reconstructions sampled with
 ``val_decode_steps`` Euler steps: ``val/psnr``, ``val/ssim``, ``val/semantic_recon_acc`` (the ShapeWorld detector
 parses the reconstruction to the same scene), ``val/fd_teacher`` (Fréchet distance between the teacher's mean-pooled
-patch features of originals and reconstructions: not FID); over the whole val set ``val/code_usage``,
+patch features of originals and reconstructions: not FID) and, when ``inception_weights`` names a local
+torch-fidelity Inception file, ``val/rfid`` (FID between those originals and reconstructions); over the whole val set ``val/code_usage``,
 ``val/code_perplexity``, ``val/zero_shot_color_acc``, ``val/zero_shot_shape_acc`` (pooled z_q against the teacher's
 text embeddings of "a {colour} shape" / "a {class}", scored on images whose objects share the label), and
 ``val/caption_ppl``. A reconstruction grid (originals over reconstructions) goes to TensorBoard.
@@ -35,9 +36,9 @@ import torch.nn.functional as F
 from arm.nn import TransformerConfig
 from arm.optim import adamw_warmup_cosine, trainer_total_steps
 from arm.teacher.losses import sigmoid_contrastive_loss
-from arm.teacher.model import load_teacher
 from arm.tokenizer.evaluate import TokenizerEvaluator
-from arm.tokenizer.model import SemanticTokenizer, TokenizerConfig, save_tokenizer
+from arm.tokenizer.metrics import InceptionFeatures
+from arm.tokenizer.model import SemanticTokenizer, TokenizerConfig, load_tokenizer_teacher, save_tokenizer
 from arm.tokenizer.pixel_decoder import PixelDiTConfig
 
 
@@ -45,11 +46,12 @@ class TokenizerModule(L.LightningModule):
     """Frozen teacher (+ frozen caption LM) and the trainable ``SemanticTokenizer``.
 
     Args:
-        teacher_dir: exported teacher folder (``arm teacher fit`` writes ``<root>/teacher``).
+        teacher_dir: exported teacher folder (``arm teacher fit`` writes ``<root>/teacher``), or a local OpenAI CLIP
+            ViT weights file (``arm.teacher.clip_teacher``), which resizes images to its own input size.
         lm_dir: exported caption LM folder (``arm lm fit``), needed when ``w_cap > 0``.
         levels: FSQ levels per code dimension.
         projection: transformer on each side of FSQ.
-        decoder: pixel DiT sizes (its ``image_size`` must match the data).
+        decoder: pixel DiT sizes; its ``image_size`` is the data's (and, for an exported teacher, the teacher's).
         w_cap, w_pix, w_sig, w_feat: loss weights (paper: 1, 5, 5, 1); 0 removes the branch.
         cond_drop_prob: probability of dropping z_q for the pixel decoder (decoder-side CFG).
         lr, weight_decay, warmup_steps, betas: AdamW with warm-up and cosine decay to ``trainer.max_steps``.
@@ -57,6 +59,7 @@ class TokenizerModule(L.LightningModule):
         val_recon_images: val images reconstructed per validation (PSNR, SSIM, semantic, FD).
         val_decode_steps, val_cfg_scale: Euler steps and decoder CFG for those reconstructions.
         export: write the trained tokenizer to ``<default_root_dir>/tokenizer`` at the end of fit.
+        inception_weights: local torch-fidelity InceptionV3 weights file; validation then logs ``val/rfid``.
     """
 
     def __init__(
@@ -80,10 +83,11 @@ class TokenizerModule(L.LightningModule):
         val_decode_steps: int = 10,
         val_cfg_scale: float = 1.0,
         export: bool = True,
+        inception_weights: str | None = None,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
-        self.teacher = load_teacher(teacher_dir).requires_grad_(False)
+        self.teacher = load_tokenizer_teacher(teacher_dir).requires_grad_(False)
         self.lm, self.lm_tokenizer = None, None
         if w_cap > 0:
             if not lm_dir:
@@ -102,10 +106,14 @@ class TokenizerModule(L.LightningModule):
             feature_dim=tc.image_dim, text_embed_dim=tc.embed_dim,
             lm_dim=self.lm.config.dim if self.lm is not None else 0,
         )
-        if config.decoder.image_size != tc.image_size:
+        # A teacher that resizes its input (CLIP) lets the decoder work at the data's resolution; the others read
+        # images at their own size only, so the data, the teacher and the decoder share it.
+        if config.decoder.image_size != tc.image_size and not getattr(self.teacher, "resizes_input", False):
             raise ValueError(f"decoder.image_size {config.decoder.image_size} differs from the teacher's image size "
                              f"{tc.image_size}: set model.decoder.image_size={tc.image_size}")
         self.model = SemanticTokenizer(config)
+        # Built here so that a bad path fails before training; not a submodule: never checkpointed or sharded.
+        self._inception = InceptionFeatures(inception_weights) if inception_weights and w_pix > 0 else None
 
     def configure_model(self) -> None:
         """Under ``ModelParallelStrategy``: FSDP2-shard the trainable tokenizer per transformer block
@@ -143,6 +151,10 @@ class TokenizerModule(L.LightningModule):
     def losses(self, images: torch.Tensor, captions: list[str]) -> tuple[dict[str, torch.Tensor], torch.Tensor, torch.Tensor]:
         """Weighted-sum ingredients: {name: loss}, plus z_q (B, N, F) and code indices (B, N)."""
         hp = self.hparams
+        size = self.model.config.decoder.image_size
+        if images.ndim != 4 or tuple(images.shape[1:]) != (3, size, size):
+            raise ValueError(f"the data's images have shape {tuple(images.shape[1:])} but the tokenizer decodes "
+                             f"(3, {size}, {size}): set model.decoder.image_size to the data's image size")
         with torch.no_grad():
             feats = self.teacher.patch_features(images)  # (B, N, F)
         z_q, indices = self.model.quantize(feats)
@@ -183,7 +195,7 @@ class TokenizerModule(L.LightningModule):
     def on_validation_epoch_start(self) -> None:
         hp = self.hparams
         self._evaluator = TokenizerEvaluator(self.model, self.teacher, hp.val_recon_images if hp.w_pix > 0 else 0,
-                                             hp.val_decode_steps, hp.val_cfg_scale)
+                                             hp.val_decode_steps, hp.val_cfg_scale, self._inception)
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
         images, captions = self._images_and_captions(batch)

@@ -1,5 +1,8 @@
 """The tokenizer's utility commands: ``eval`` (metrics JSON), ``encode`` (code shards), ``decode`` (PNGs).
 
+``eval --out FILE.json`` also writes the first reconstructions beside it, ``<dir of FILE>/recon/{orig,recon}-XXXX.png``
+(``arm.eval.figures_grids.write_recon_images``), and reports ``rfid`` only with ``--inception-weights``.
+
 Code shards mirror the input shards sample by sample: ``KEY.codes.npy`` (int16/int32 (N,) code indices of the
 image), ``KEY.edit_codes.npy`` (of the edited image, when the sample has one) and ``KEY.json`` (unchanged), so
 the AR stage trains on understanding, generation and editing sequences without touching pixels.
@@ -38,7 +41,9 @@ def run_eval(ns: argparse.Namespace) -> int:
     """Every tokenizer metric on val; linear probes fit on ``num_probe_train`` train images."""
     from arm.data.datamodule import ShapeWorldStream
     from arm.data.samples import expand_shards
+    from arm.eval.figures_grids import write_recon_images
     from arm.tokenizer.evaluate import TokenizerEvaluator, linear_probes, probe_labels
+    from arm.tokenizer.metrics import InceptionFeatures
 
     bundle = _load(ns.ckpt)
     tok = bundle.tokenizer
@@ -51,7 +56,8 @@ def run_eval(ns: argparse.Namespace) -> int:
 
         lm, _ = load_lm(lm_dir)
         lm_tokenizer = TextTokenizer.from_file(os.path.join(lm_dir, "tokenizer.json"))
-    evaluator = TokenizerEvaluator(tok, bundle.teacher, ns.recon_images, ns.steps, ns.cfg)
+    inception = InceptionFeatures(ns.inception_weights) if ns.inception_weights else None
+    evaluator = TokenizerEvaluator(tok, bundle.teacher, ns.recon_images, ns.steps, ns.cfg, inception)
     data = Path(ns.data)
 
     def pooled(split: str, limit: int, evaluate: bool):
@@ -92,6 +98,9 @@ def run_eval(ns: argparse.Namespace) -> int:
         "ckpt": os.path.abspath(ns.ckpt),
         "seconds": round(time.perf_counter() - started, 1),
     }
+    originals, recons = evaluator.recon_pairs()
+    if originals:  # for `arm figures`: <dir of OUT>/recon/{orig,recon}-XXXX.png
+        report["recon_dir"] = str(write_recon_images(Path(ns.out).parent, originals, recons))
     write_json_atomic(ns.out, report)
     print(json.dumps(report, indent=2))
     return 0
@@ -153,9 +162,6 @@ def run_decode(ns: argparse.Namespace) -> int:
     codes = np.load(path, allow_pickle=False)
     codes = codes[None] if codes.ndim == 1 else codes
     bundle = _load(ns.ckpt)
-    size = bundle.tokenizer.codebook_size
-    if codes.min() < 0 or codes.max() >= size:
-        raise ValueError(f"codes must lie in [0, {size}) for this tokenizer; got [{codes.min()}, {codes.max()}]")
     gen = torch.Generator().manual_seed(ns.seed)
     images = bundle.decode(torch.as_tensor(codes, dtype=torch.long), ns.steps, ns.cfg, gen)
     out = Path(ns.out)
