@@ -225,3 +225,14 @@ def test_bad_inputs_through_the_commands_are_one_line_errors(parts, export, tmp_
     np.save(codes, np.full((1, 64), 48))  # 4 * 4 * 3 = 48 codes: 48 is one past the last
     fails(["decode", "--ckpt", str(export), "--codes", str(codes), "--out", str(tmp_path / "z")],
           "codes must lie in [0, 48)")
+
+
+def test_bf16_mixed_trains_the_tiny_twin(parts, tmp_path):
+    from tests.integration.fsdp_runs import read_losses, recorder_args
+
+    out = tmp_path / "bf16"
+    assert main(_fit_args(parts, out, "--trainer.precision", "bf16-mixed", "--trainer.max_steps", "3",
+                          "--trainer.limit_val_batches", "1", *recorder_args(tmp_path / "losses.json"))) == 0
+    losses = read_losses(tmp_path / "losses.json")
+    assert sorted(losses) == [0, 1, 2] and all(np.isfinite(v) for v in losses.values())
+    assert (out / "tokenizer" / "model.safetensors").is_file()

@@ -58,6 +58,22 @@ def test_bf16_autocast_runs_and_codes_are_fp32():
     assert codes.dtype == torch.float32 and z_q.shape == (2, 5, 24)
 
 
+def test_fsq_sees_and_returns_fp32_under_bf16_autocast_and_indices_round_trip():
+    torch.manual_seed(4)
+    proj = _tiny(levels=(8, 5, 5, 5))
+    seen = []
+    proj.fsq.register_forward_hook(lambda module, args, out: seen.append((args[0].dtype, out.dtype)))
+    feats = torch.randn(2, 7, 24)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        z, codes, idx = proj.encode(feats)
+        assert proj.enc_in(feats).dtype == torch.bfloat16  # autocast is on around FSQ
+    assert seen == [(torch.float32, torch.float32)] and z.dtype == torch.float32
+    assert torch.equal(proj.fsq.indices_to_codes(idx), codes)
+    assert torch.equal(proj.fsq.codes_to_indices(proj.fsq.indices_to_codes(idx)), idx)
+    # the codes are FSQ's fp32 quantisation of that z, not a bf16 rounding of it
+    assert torch.equal(codes, proj.fsq(z))
+
+
 def test_mismatched_dims_give_one_line_error():
     proj = _tiny()
     with pytest.raises(ValueError, match=r"last dim 30 .* feature_dim=24: set feature_dim=30") as err:

@@ -165,6 +165,18 @@ def test_bench_helpers_run_on_a_tiny_config():
     assert bench_projection(feature_dim=12, tokens=4, batch=2, warmup=0, repeats=1)["train_img_s"] > 0
 
 
+def test_module_precision_bench_runs_at_the_embedded_sizes(tiny_world, tmp_path):
+    from pathlib import Path
+
+    from arm.tokenizer.bench import bench_module_precision
+
+    experiments = Path(__file__).resolve().parents[2] / "experiments"
+    row = bench_module_precision(str(tmp_path), str(tiny_world / "tokenizer.json"), rounds=1, batch=2,
+                                 experiments=str(experiments))
+    assert row["fp32_step_s"] > 0 and row["bf16_step_s"] > 0
+    assert row["fp32_over_bf16"] == pytest.approx(row["fp32_step_s"] / row["bf16_step_s"])
+
+
 def test_x_prediction_velocity_is_derived_from_the_clean_image():
     """With prediction "x" the velocity is (x_hat - x_t) / (1 - t): hand-checked with a stubbed network."""
     model = PixelDiT(8, PixelDiTConfig(image_size=16, patch_size=4, dim=48, num_layers=1, num_heads=2,

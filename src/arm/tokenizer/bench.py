@@ -2,12 +2,15 @@
 
 ``bench_pixel_decoder`` times one training step (forward + backward + AdamW) and ``sample`` of a ``PixelDiT``;
 ``bench_projection`` times forward + backward of a ``CodeProjection``; ``bench_tokenizer_parts`` runs a small grid
-of candidate embedded defaults in fp32 and bf16 autocast and returns one row per (config, dtype). Numbers are
+of candidate embedded defaults in fp32 and bf16 autocast and returns one row per (config, dtype);
+``bench_module_precision`` times whole ``TokenizerModule`` training steps (all four losses, AdamW) in fp32 and
+under bf16 autocast (what Lightning's ``bf16-mixed`` runs on the CPU), alternating the two so that a loaded
+machine slows both alike. Numbers are
 wall-clock medians over a few timed repeats after warm-up, at the current ``torch.get_num_threads()``. For stable
 figures run under ``GLIBC_TUNABLES=glibc.malloc.mmap_threshold=33554432:glibc.malloc.trim_threshold=17179869184``
 (see the stack notes) on an otherwise idle machine.
 
-Run: ``python -m arm.tokenizer.bench``.
+Run: ``python -m arm.tokenizer.bench`` (parts), ``python -m arm.tokenizer.bench --module-precision`` (fp32 vs bf16).
 """
 
 from __future__ import annotations
@@ -111,16 +114,86 @@ def bench_tokenizer_parts(candidates: dict[str, PixelDiTConfig] | None = None, c
     return rows
 
 
+def bench_module_precision(workdir: str, text_tokenizer: str, rounds: int = 5, batch: int = 32,
+                           experiments: str = "experiments") -> dict:
+    """Median seconds of a ``TokenizerModule`` training step, fp32 vs bf16 autocast, at the embedded default's sizes.
+
+    Sizes come from ``<experiments>/{teacher,lm,tokenizer}/shapeworld.yaml``; the teacher and caption LM are
+    randomly initialised exports written under ``workdir``; images are uniform noise at the decoder's size and the
+    captions ShapeWorld-like. Round 0 is warm-up; then each round runs one fp32 and one bf16 step.
+    """
+    import os
+
+    import yaml
+
+    from arm.ar.lm_module import save_lm
+    from arm.ar.model import ARConfig, ARDecoder
+    from arm.data.text_tokenizer import TextTokenizer
+    from arm.teacher.model import DualEncoder, TeacherConfig, save_teacher
+    from arm.tokenizer.module import TokenizerModule
+
+    def model_section(stage: str) -> dict:
+        with open(os.path.join(experiments, stage, "shapeworld.yaml")) as f:
+            return yaml.safe_load(f)["model"]
+
+    torch.manual_seed(0)
+    vocab = TextTokenizer.from_file(text_tokenizer).vocab_size
+    teacher_config = TeacherConfig(**model_section("teacher")["config"], vocab_size=vocab)
+    save_teacher(DualEncoder(teacher_config), teacher_config, os.path.join(workdir, "teacher"), text_tokenizer)
+    lm = ARDecoder(ARConfig(text_vocab_size=vocab, **model_section("lm")["config"]))
+    save_lm(lm, os.path.join(workdir, "lm"), text_tokenizer)
+    tok = model_section("tokenizer")
+    weights = {k: tok[k] for k in ("levels", "w_cap", "w_pix", "w_sig", "w_feat") if k in tok}
+    module = TokenizerModule(os.path.join(workdir, "teacher"), os.path.join(workdir, "lm"),
+                             projection=TransformerConfig(**tok["projection"]),
+                             decoder=PixelDiTConfig(**tok["decoder"]), **weights).train()
+    opt = torch.optim.AdamW(module.model.parameters(), lr=1e-4)
+    size = module.model.config.decoder.image_size
+    images = torch.rand(batch, 3, size, size)
+    captions = [f"a red circle above {i % 4 + 1} blue squares" for i in range(batch)]
+
+    def step(bf16: bool) -> float:
+        opt.zero_grad(set_to_none=True)
+        start = time.perf_counter()
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            parts, _, _ = module.losses(images, captions)
+            loss = module._total(parts)
+        loss.backward()
+        opt.step()
+        return time.perf_counter() - start
+
+    times: dict[bool, list[float]] = {False: [], True: []}
+    for round_ in range(rounds + 1):
+        for bf16 in (False, True):
+            seconds = step(bf16)
+            if round_:
+                times[bf16].append(seconds)
+    fp32, bf16 = statistics.median(times[False]), statistics.median(times[True])
+    return {"batch": batch, "rounds": rounds, "threads": torch.get_num_threads(), "fp32_step_s": fp32,
+            "bf16_step_s": bf16, "fp32_over_bf16": fp32 / bf16}
+
+
 def main(argv: list[str] | None = None) -> None:
     import argparse
 
     parser = argparse.ArgumentParser(description="Tokenizer part throughput at 64x64 (fp32 and bf16 autocast).")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--module-precision", action="store_true",
+                        help="instead: TokenizerModule training step, fp32 vs bf16 autocast, embedded-default sizes")
+    parser.add_argument("--text-tokenizer", default="results/demo/tokenizer.json",
+                        help="text tokenizer for --module-precision (written by `arm demo`)")
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     print(f"threads={torch.get_num_threads()} torch={torch.__version__}")
+    if args.module_precision:
+        import tempfile
+
+        with tempfile.TemporaryDirectory() as workdir:
+            row = bench_module_precision(workdir, args.text_tokenizer, rounds=args.repeats)
+        print("  ".join(f"{k}={v:.3f}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()))
+        return
     for row in bench_tokenizer_parts(repeats=args.repeats):
         print("  ".join(f"{k}={v:.1f}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()))
 

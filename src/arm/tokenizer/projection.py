@@ -12,6 +12,8 @@ Choices and simplifications:
 - ``config.causal`` is overridden to False: a token's code may depend on the whole image.
 - The transformer ends with its own RMSNorm before the final linear, so the pre-quantization ``z`` has a
   controlled scale when it enters the tanh bound of FSQ.
+- Mixed precision: that final linear and FSQ run in fp32 with autocast disabled, so FSQ's input and output are fp32
+  under ``bf16-mixed`` (``fsq.py`` explains why); the transformers run in the autocast dtype.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import dataclasses
 from collections.abc import Sequence
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from arm.nn import Transformer, TransformerConfig
@@ -55,8 +58,12 @@ class CodeProjection(nn.Module):
                              f"feature_dim={self.feature_dim}: set feature_dim={features.shape[-1]} "
                              f"(the teacher's width)")
         h = self.encoder(self.enc_in(features))  # (B, N, W)
-        z = self.enc_out(h)  # (B, N, d)
-        codes = self.fsq(z)  # (B, N, d) float32, straight-through
+        # The last linear and FSQ run in fp32 with autocast off: under bf16 autocast z would carry 8 mantissa bits,
+        # too few to place values against FSQ's rounding boundaries (a few thousand MACs per token: no speed cost).
+        with torch.autocast(device_type=h.device.type, enabled=False):
+            w, b = self.enc_out.weight, self.enc_out.bias
+            z = F.linear(h.float(), w.float(), b.float())  # (B, N, d) float32 whatever the parameters' dtype
+            codes = self.fsq(z)  # (B, N, d) float32, straight-through
         return z, codes, self.fsq.codes_to_indices(codes)
 
     def decode(self, codes: torch.Tensor) -> torch.Tensor:
