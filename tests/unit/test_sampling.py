@@ -209,7 +209,7 @@ def test_errors_are_one_line_and_say_what_to_do():
         sample_image_codes(tiny(num_image_codes=0), [[1]], 2)
 
 
-def test_bf16_autocast_sampling_runs_with_a_bf16_cache():
+def test_bf16_autocast_sampling_runs():
     model = tiny()
     prompts = random_prompts(model, [3, 5])
     with torch.autocast("cpu", dtype=torch.bfloat16):

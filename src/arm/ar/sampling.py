@@ -21,7 +21,8 @@ Deliberate simplifications:
   the scales are constant over the grid.
 - A guidance whose scales are all 1.0 is the conditional logits exactly, so the extra branches are not run.
 - ``generate_text`` keeps feeding <eos> to rows that finished until every row has (one batch, no compaction).
-- Sampling runs in the parameters' dtype, or in the autocast dtype when the caller enters ``torch.autocast``;
+- The layers run in the parameters' dtype, or the autocast dtype when the caller enters ``torch.autocast``
+  (bf16 autocast is the fast path on this CPU); the KV cache and attention over it stay float32 on the CPU;
   guidance, temperature and the softmax are computed in float32.
 """
 
@@ -128,8 +129,11 @@ def _left_pad(rows: list[list[int]], device: torch.device) -> tuple[torch.Tensor
 
 
 def _cache_dtype(model: ARDecoder) -> torch.dtype | None:
-    """The autocast dtype when the caller samples under ``torch.autocast`` (so the cache is not cast every step)."""
+    """float32 on the CPU (attention over the cache is fastest there in fp32, see ``arm.nn.kv_cache``); elsewhere
+    the autocast dtype under ``torch.autocast``, else the parameters'."""
     device = model.embed.weight.device.type
+    if device == "cpu":
+        return torch.float32
     return torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else None
 
 

@@ -79,11 +79,13 @@ class Attention(nn.Module):
         group = self.num_heads // self.num_kv_heads
         if cache is not None:
             k, v = cache.write(layer, k, v)  # (B, Hkv, S, Dh) views of the filled slice
-            if T == 1:
-                y = decode_attention(q, k, v, mask)  # (B, H, 1, Dh)
-            else:
-                y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=group > 1)  # (B, H, T, Dh)
-            return self.out(y.transpose(1, 2).reshape(B, T, self.num_heads * self.head_dim))
+            q = q.to(k.dtype)
+            with torch.autocast(x.device.type, enabled=False):  # in the cache's dtype (see arm.nn.kv_cache)
+                if T == 1:
+                    y = decode_attention(q, k, v, mask)  # (B, H, 1, Dh)
+                else:
+                    y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=group > 1)  # (B, H, T, Dh)
+            return self.out(y.to(x.dtype).transpose(1, 2).reshape(B, T, self.num_heads * self.head_dim))
         if group > 1:
             k = k.repeat_interleave(group, dim=1)  # (B, H, T, Dh)
             v = v.repeat_interleave(group, dim=1)

@@ -86,6 +86,9 @@ class Transformer(nn.Module):
         self.norm = RMSNorm(config.dim, config.norm_eps)
         self.rotary = (RotaryEmbedding(config.dim // config.num_heads, config.rope_theta, config.max_positions)
                        if config.rope else None)
+        # Optional replacements of the blocks' calls on the no-cache (training) path, e.g. torch.compile'd blocks
+        # (see ``arm.ar.model.compile_for_training``); a plain list, so no parameters are registered twice.
+        self.compiled_blocks: list | None = None
 
     def new_cache(self, batch: int, max_len: int, dtype: torch.dtype | None = None,
                   device: torch.device | str | None = None) -> KVCache:
@@ -104,7 +107,7 @@ class Transformer(nn.Module):
         """
         if cache is None:
             rope = self.rotary(x.shape[1], offset, x.dtype) if self.rotary is not None else None
-            for block in self.blocks:
+            for block in self.compiled_blocks or self.blocks:
                 x = block(x, rope, mask)
             return self.norm(x)  # (B, T, D)
         if offset:
