@@ -4,12 +4,15 @@ Absolute times on a shared 2-core machine are noisy; each entry therefore also r
 baseline timed in the same process, right next to it. ``make bench`` runs this under the glibc allocator settings
 of ``../shared/stack.md`` (see the Makefile) so decode loops do not fault pages back in each step.
 
-Entries so far (later issues add AR training/sampling and RL rollouts):
+Entries so far (later issues add RL rollouts):
 - world generation: samples/s with 1 and 2 worker processes (ratio = parallel speed-up);
 - PNG encoding: the hand-written encoder against PIL's at the same zlib level (ratio = speed-up);
 - detector: images/s on clean test scenes;
 - tokenizer (embedded-default sizes, random weights): encode and decode images/s, pixel-DiT training images/s in
-  fp32 and bf16 autocast.
+  fp32 and bf16 autocast;
+- AR model (issue 4's reference config, ``arm.ar.bench``): training tokens/s at sequence 256 in fp32, bf16 and
+  bf16 with compiled blocks, with MFU against matmul peaks measured in the same run; sampling tokens/s of 16 rows x
+  256 image tokens with CFG 1.5, and the KV cache's speed-up over full recomputation.
 """
 
 from __future__ import annotations
@@ -114,6 +117,8 @@ def bench_tokenizer(batch: int = 64, decode_steps: int = 10) -> dict:
 def run_bench(out: str = "results/bench.json") -> dict:
     import torch
 
+    from arm.ar.bench import bench_ar_sampling, bench_ar_training
+
     report = {
         "machine": {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
                     "torch_threads": torch.get_num_threads(),
@@ -122,6 +127,8 @@ def run_bench(out: str = "results/bench.json") -> dict:
         "png": bench_png(),
         "detector": bench_detector(),
         "tokenizer": bench_tokenizer(),
+        "ar_training": bench_ar_training(),
+        "ar_sampling": bench_ar_sampling(),
     }
     Path(out).parent.mkdir(parents=True, exist_ok=True)
     Path(out).write_text(json.dumps(report, indent=2) + "\n")
