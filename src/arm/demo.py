@@ -244,14 +244,10 @@ def _figures_stage(out_dir: Path) -> dict:
 
 
 def _tokenizer_eval_stage(world: Path, out_dir: Path) -> dict:
-    import argparse
-
-    from arm.tokenizer.tools import run_eval
-
-    ns = argparse.Namespace(ckpt=str(out_dir / "tokenizer" / "tokenizer"), data=str(world),
-                            out=str(out_dir / "tokenizer_eval.json"), num_val=1000, num_probe_train=2000,
-                            recon_images=256, steps=10, cfg=1.0, batch_size=64)
-    run_eval(ns)
+    """``arm tokenizer eval`` on val (reconstructions beside it in ``OUT/recon`` for the figures)."""
+    _arm("tokenizer", "eval", "--ckpt", str(out_dir / "tokenizer" / "tokenizer"), "--data", str(world), "--out",
+         str(out_dir / "tokenizer_eval.json"), "--num-val", "1000", "--num-probe-train", "2000", "--recon-images",
+         "256", "--batch-size", "64")
     report = json.loads((out_dir / "tokenizer_eval.json").read_text())
     keys = ("psnr", "semantic_recon_acc", "code_usage", "zero_shot_acc", "probe_acc", "fd_teacher", "rfid")
     return {k: report[k] for k in keys if k in report}

@@ -1,0 +1,47 @@
+"""``arm demo --profile tiny``: the whole recipe (world -> teacher -> LM -> tokenizer -> codes -> AR -> eval -> RL ->
+eval -> synergy -> figures) on a tiny world with every stage's tiny YAML, then a rerun that skips every stage."""
+
+from __future__ import annotations
+
+import json
+
+from arm.demo import PROFILES, run_demo
+
+STAGES = ("world", "text_tok", "figure", "judge", "teacher", "lm", "tokenizer", "tokenizer_eval", "codes", "ar",
+          "eval_sft", "rl_t2i", "eval_rl_t2i", "synergy", "figures")
+
+
+def _in_unit(value) -> bool:
+    return value is None or 0.0 <= value <= 1.0
+
+
+def test_tiny_demo_runs_every_stage_then_skips_them(tmp_path, capsys):
+    out = tmp_path / "demo"
+    summary = run_demo(str(out), seed=0, profile="tiny")
+    assert set(summary["timings_s"]) == set(STAGES)
+    # The issue's summary shape: tokenizer metrics, SFT and per-recipe benchmark blocks, timings, git, seed.
+    for key in ("psnr", "semantic_recon_acc", "code_usage", "zero_shot_acc", "probe_acc", "fd_teacher"):
+        assert key in summary["tokenizer"], key
+    assert set(summary["rl"]) == {"t2i"}
+    for block in (summary["sft"], summary["rl"]["t2i"]):
+        assert _in_unit(block["geneval"]["overall"]) and set(block["geneval"]["per_tag"]) <= {
+            "single_object", "two_object", "counting", "colors", "position", "color_attr"}
+        assert 0.0 <= block["gedit"]["overall"] <= 10.0 and _in_unit(block["vqa"]["accuracy"])
+        assert _in_unit(block["mme"]["acc"]) and _in_unit(block["mme"]["acc_plus"])
+        assert _in_unit(block["wise"]["overall"])
+    assert summary["seed"] == 0 and summary["git"]
+    on_disk = json.loads((out / "summary.json").read_text())
+    assert on_disk["sft"] == summary["sft"]
+    # The AR stage trained the tiny profile's step budget and exported; eval wrote the GenEval layout.
+    assert (out / "ar" / "ar" / "model.safetensors").is_file()
+    assert list((out / "eval" / "sft" / "geneval").glob("00000/samples/0000.png"))
+    figures = json.loads((out / "figures" / "report.json").read_text())["figures"]
+    assert any("synergy" in f for f in figures) and any("rl_reward_curves" in f for f in figures)
+    assert any("recon" in f for f in figures)  # the tokenizer eval wrote OUT/recon for the reconstruction grid
+    assert json.loads((out / "table8.json").read_text())["rows"].keys() >= {"sft", "t2i"}
+    assert PROFILES["tiny"].steps["ar"] == 4
+    capsys.readouterr()
+    again = run_demo(str(out), seed=0, profile="tiny")
+    printed = capsys.readouterr().out
+    assert printed.count("done already, skipped") == len(STAGES)
+    assert again["timings_s"] == summary["timings_s"]  # nothing ran again
