@@ -4,7 +4,7 @@ Absolute times on a shared 2-core machine are noisy; each entry therefore also r
 baseline timed in the same process, right next to it. ``make bench`` runs this under the glibc allocator settings
 of ``../shared/stack.md`` (see the Makefile) so decode loops do not fault pages back in each step.
 
-Entries so far (later issues add RL rollouts):
+Entries:
 - world generation: samples/s with 1 and 2 worker processes (ratio = parallel speed-up);
 - PNG encoding: the hand-written encoder against PIL's at the same zlib level (ratio = speed-up);
 - detector: images/s on clean test scenes;
@@ -12,7 +12,9 @@ Entries so far (later issues add RL rollouts):
   fp32 and bf16 autocast;
 - AR model (issue 4's reference config, ``arm.ar.bench``): training tokens/s at sequence 256 in fp32, bf16 and
   bf16 with compiled blocks, with MFU against matmul peaks measured in the same run; sampling tokens/s of 16 rows x
-  256 image tokens with CFG 1.5, and the KV cache's speed-up over full recomputation.
+  256 image tokens with CFG 1.5, and the KV cache's speed-up over full recomputation;
+- RL rollouts/s (sampled, decoded and scored images) with the text-to-image recipe's settings, on the demo's SFT
+  export when it exists (skipped with a note otherwise).
 """
 
 from __future__ import annotations
@@ -114,6 +116,20 @@ def bench_tokenizer(batch: int = 64, decode_steps: int = 10) -> dict:
             "pixel_decoder_train": train, "codebook_size": config.codebook_size}
 
 
+def bench_rl_rollouts(export: str = "results/demo/ar/ar") -> dict:
+    """RL rollouts/s (images sampled, decoded and scored) with the t2i recipe's settings, on the demo's SFT export.
+
+    Rollout cost depends on sizes, not weights, but a rollout needs a whole AR export (policy, image tokenizer,
+    text tokenizer); without one this entry says so instead of building random exports."""
+    if not (Path(export) / "model.safetensors").is_file():
+        return {"skipped": f"no AR export at {export}: run `make demo` (stage ar) first"}
+    from arm.ar.module import load_ar_bundle
+    from arm.rl.bench import bench_rollouts
+
+    bundle = load_ar_bundle(export)
+    return {"export": export, **bench_rollouts(bundle.model, bundle.builder, bundle.image_tokenizer)}
+
+
 def run_bench(out: str = "results/bench.json") -> dict:
     import torch
 
@@ -129,6 +145,7 @@ def run_bench(out: str = "results/bench.json") -> dict:
         "tokenizer": bench_tokenizer(),
         "ar_training": bench_ar_training(),
         "ar_sampling": bench_ar_sampling(),
+        "rl_rollouts": bench_rl_rollouts(),
     }
     Path(out).parent.mkdir(parents=True, exist_ok=True)
     Path(out).write_text(json.dumps(report, indent=2) + "\n")
