@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 PIP := $(PY) -m pip install --quiet --disable-pip-version-check
 export PYTHONUNBUFFERED := 1
 
-.PHONY: setup test test-all demo bench lint table7 eval figures clean
+.PHONY: setup test test-all demo bench lint table7 table8 eval figures clean
 
 setup: $(STAMP)
 
@@ -40,6 +40,10 @@ bench-gpu: setup
 
 table7: setup
 	$(VENV)/bin/arm tokenizer table7 --out results --demo results/demo
+
+# Table 8 (RL recipes x benchmarks, paired intervals against SFT); needs `make demo` first (its SFT export).
+table8: setup
+	$(VENV)/bin/arm rl table8 --out results --demo results/demo
 
 # Every benchmark protocol on a bench folder: make eval CKPT=dummy DATA=results/demo/world/bench
 CKPT ?= dummy

@@ -35,6 +35,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from arm.io import write_json_atomic
+from arm.pipeline import arm_command, eval_all
 
 
 @dataclass(frozen=True)
@@ -140,7 +141,7 @@ def run_demo(out: str = "results/demo", seed: int = 0, until: str | None = None,
         Stage("eval_rl_t2i", [out_dir / "eval" / "rl_t2i" / "summary.json"],
               lambda: _eval_stage(out_dir / "rl_t2i" / "ar", world, out_dir / "eval" / "rl_t2i", seed, prof)),
         Stage("synergy", [out_dir / "synergy" / "synergy.json", out_dir / "table8.json"],
-              lambda: _arm("eval", "synergy", "--sft", str(out_dir / "eval" / "sft"), "--recipe",
+              lambda: arm_command("eval", "synergy", "--sft", str(out_dir / "eval" / "sft"), "--recipe",
                            f"t2i={out_dir / 'eval' / 'rl_t2i'}", "--out", str(out_dir / "synergy"),
                            "--table8", str(out_dir / "table8.json"))),
         Stage("figures", [out_dir / "figures" / "report.json"],
@@ -178,16 +179,6 @@ def _fit_stage(stage: str, run_dir: Path, prof: Profile, model: dict, data: dict
     return {"seconds": round(seconds, 1), **last_scalars(run_dir / "tb")}
 
 
-def _arm(*argv: str) -> dict:
-    """Run an ``arm`` utility command in this process; a non-zero exit stops the demo with its message."""
-    from arm.cli import main
-
-    code = main(list(argv))
-    if code:
-        raise RuntimeError(f"`arm {' '.join(argv)}` exited with {code}; see the message above")
-    return {"command": "arm " + " ".join(argv)}
-
-
 def _codes_stage(world: Path, out_dir: Path) -> dict:
     """Code shards for every split; ``done.json`` marks a finished split (a cut-off split is encoded again)."""
     counts = {}
@@ -195,7 +186,7 @@ def _codes_stage(world: Path, out_dir: Path) -> dict:
         target = out_dir / "codes" / split
         if (target / "done.json").exists():
             continue
-        _arm("tokenizer", "encode", "--ckpt", str(out_dir / "tokenizer" / "tokenizer"), "--shards",
+        arm_command("tokenizer", "encode", "--ckpt", str(out_dir / "tokenizer" / "tokenizer"), "--shards",
              str(world / split), "--out", str(target))
         counts[split] = len(list(target.glob("*.tar")))
         write_json_atomic(target / "done.json", {"shards": counts[split]})
@@ -204,40 +195,11 @@ def _codes_stage(world: Path, out_dir: Path) -> dict:
 
 def _eval_stage(ckpt: Path, world: Path, out: Path, seed: int, prof: Profile) -> dict:
     """``arm eval all`` on the world's test bench files, reduced to the summary shape of ``make demo``."""
-    limit = ["--limit", str(prof.eval_limit)] if prof.eval_limit else []
-    _arm("eval", "all", "--ckpt", str(ckpt), "--data", str(world / "bench"), "--out", str(out),
-         "--n", str(prof.eval_n), "--seed", str(seed), "--no-progress", *limit)
-    return benchmark_summary(out)
-
-
-def benchmark_summary(eval_dir: Path) -> dict:
-    """The demo summary's per-model block from an ``arm eval all`` folder (values with their 95% intervals)."""
-
-    def read(protocol: str) -> dict:
-        path = Path(eval_dir) / protocol / "summary.json"
-        return json.loads(path.read_text()) if path.exists() else {}
-
-    def metric(block: dict, key: str) -> dict:
-        m = block.get(key) or {}
-        return {"value": m.get("value"), "ci95": m.get("ci95")}
-
-    geneval, wise, gedit, vqa, mme = (read(p) for p in ("geneval", "wise", "gedit", "vqa", "mme"))
-    return {
-        "geneval": {"overall": metric(geneval, "overall")["value"], "ci95": metric(geneval, "overall")["ci95"],
-                    "per_tag": {k: v.get("value") for k, v in geneval.get("per_tag", {}).items()}},
-        "wise": {"overall": metric(wise, "overall")["value"], "ci95": metric(wise, "overall")["ci95"],
-                 "per_category": {k: v.get("value") for k, v in wise.get("per_category", {}).items()}},
-        "gedit": {"overall": metric(gedit, "overall")["value"], "ci95": metric(gedit, "overall")["ci95"],
-                  "sc": metric(gedit, "sc")["value"], "pq": metric(gedit, "pq")["value"],
-                  "per_type": {k: (v.get("overall") or {}).get("value") if isinstance(v, dict) else v
-                               for k, v in gedit.get("per_type", {}).items()}},
-        "vqa": {"accuracy": metric(vqa, "accuracy")["value"], "ci95": metric(vqa, "accuracy")["ci95"]},
-        "mme": {"acc": metric(mme, "acc")["value"], "acc_plus": metric(mme, "acc_plus")["value"]},
-    }
+    return eval_all(ckpt, world / "bench", out, seed, prof.eval_n, prof.eval_limit)
 
 
 def _figures_stage(out_dir: Path) -> dict:
-    _arm("figures", "--results", str(out_dir), "--out", str(out_dir / "figures"))
+    arm_command("figures", "--results", str(out_dir), "--out", str(out_dir / "figures"))
     written = sorted(str(p.relative_to(out_dir)) for p in (out_dir / "figures").rglob("*.png"))
     write_json_atomic(out_dir / "figures" / "report.json", {"figures": written})
     return {"figures": written}
@@ -245,7 +207,7 @@ def _figures_stage(out_dir: Path) -> dict:
 
 def _tokenizer_eval_stage(world: Path, out_dir: Path) -> dict:
     """``arm tokenizer eval`` on val (reconstructions beside it in ``OUT/recon`` for the figures)."""
-    _arm("tokenizer", "eval", "--ckpt", str(out_dir / "tokenizer" / "tokenizer"), "--data", str(world), "--out",
+    arm_command("tokenizer", "eval", "--ckpt", str(out_dir / "tokenizer" / "tokenizer"), "--data", str(world), "--out",
          str(out_dir / "tokenizer_eval.json"), "--num-val", "1000", "--num-probe-train", "2000", "--recon-images",
          "256", "--batch-size", "64")
     report = json.loads((out_dir / "tokenizer_eval.json").read_text())

@@ -70,3 +70,47 @@ def last_scalars(log_dir: Path, prefix: str = "val/") -> dict[str, float]:
                 if tag not in out or last.wall_time >= out[tag][0]:
                     out[tag] = (last.wall_time, last.value)
     return {tag: value for tag, (_, value) in sorted(out.items())}
+
+
+def arm_command(*argv: str) -> dict:
+    """Run an ``arm`` utility command in this process; a non-zero exit stops the demo with its message."""
+    from arm.cli import main
+
+    code = main(list(argv))
+    if code:
+        raise RuntimeError(f"`arm {' '.join(argv)}` exited with {code}; see the message above")
+    return {"command": "arm " + " ".join(argv)}
+
+
+def eval_all(ckpt: Path, bench: Path, out: Path, seed: int = 0, n: int = 1, limit: int | None = None) -> dict:
+    """``arm eval all`` of an AR export on a bench folder, reduced to the demo summary's per-model block."""
+    extra = ["--limit", str(limit)] if limit else []
+    arm_command("eval", "all", "--ckpt", str(ckpt), "--data", str(bench), "--out", str(out), "--n", str(n),
+                "--seed", str(seed), "--no-progress", *extra)
+    return benchmark_summary(out)
+
+
+def benchmark_summary(eval_dir: Path) -> dict:
+    """The demo summary's per-model block from an ``arm eval all`` folder (values with their 95% intervals)."""
+
+    def read(protocol: str) -> dict:
+        path = Path(eval_dir) / protocol / "summary.json"
+        return json.loads(path.read_text()) if path.exists() else {}
+
+    def metric(block: dict, key: str) -> dict:
+        m = block.get(key) or {}
+        return {"value": m.get("value"), "ci95": m.get("ci95")}
+
+    geneval, wise, gedit, vqa, mme = (read(p) for p in ("geneval", "wise", "gedit", "vqa", "mme"))
+    return {
+        "geneval": {"overall": metric(geneval, "overall")["value"], "ci95": metric(geneval, "overall")["ci95"],
+                    "per_tag": {k: v.get("value") for k, v in geneval.get("per_tag", {}).items()}},
+        "wise": {"overall": metric(wise, "overall")["value"], "ci95": metric(wise, "overall")["ci95"],
+                 "per_category": {k: v.get("value") for k, v in wise.get("per_category", {}).items()}},
+        "gedit": {"overall": metric(gedit, "overall")["value"], "ci95": metric(gedit, "overall")["ci95"],
+                  "sc": metric(gedit, "sc")["value"], "pq": metric(gedit, "pq")["value"],
+                  "per_type": {k: (v.get("overall") or {}).get("value") if isinstance(v, dict) else v
+                               for k, v in gedit.get("per_type", {}).items()}},
+        "vqa": {"accuracy": metric(vqa, "accuracy")["value"], "ci95": metric(vqa, "accuracy")["ci95"]},
+        "mme": {"acc": metric(mme, "acc")["value"], "acc_plus": metric(mme, "acc_plus")["value"]},
+    }

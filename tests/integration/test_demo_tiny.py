@@ -45,3 +45,16 @@ def test_tiny_demo_runs_every_stage_then_skips_them(tmp_path, capsys):
     printed = capsys.readouterr().out
     assert printed.count("done already, skipped") == len(STAGES)
     assert again["timings_s"] == summary["timings_s"]  # nothing ran again
+
+    # make table8 on the same tiny demo: four chained recipes, each evaluated, paired against the demo's SFT eval.
+    from arm.rl.table8 import RECIPES, run_table8
+
+    table = run_table8(str(tmp_path / "results"), str(out), profile="tiny", eval_limit=4)
+    assert set(table["rows"]) == {"sft", *(name for name, _, _ in RECIPES)}
+    assert set(table["timings_s"]) == {f"{kind}_{name}" for name, _, _ in RECIPES for kind in ("rl", "eval")}
+    for name, _, parent in RECIPES:
+        config = json.loads((tmp_path / "results" / "table8" / "rl" / name / "override.yaml").read_text())
+        expected = out / "ar" / "ar" if parent == "sft" else tmp_path / "results" / "table8" / "rl" / parent / "ar"
+        assert config["model"]["init_from"] == str(expected)  # recipes chain: each starts from its parent's export
+    markdown = (tmp_path / "results" / "table8.md").read_text()
+    assert "SFT" in markdown and "T2I" in markdown
