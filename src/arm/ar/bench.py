@@ -4,15 +4,18 @@ Reference config: 6 layers, d=256, 4 heads (4 kv heads), SwiGLU 704, total vocab
 16 special + 3,072 image codes), batch 16, random weights.
 
 - ``bench_ar_training``: training tokens/s at sequence 256 (forward + backward + AdamW step) through the real
-  training path (``arm.ar.module.token_nll`` for the two heads' cross-entropies, the AdamW of ``arm.optim``), in
-  fp32, bf16 autocast, and bf16 autocast with ``compile_for_training``; MFU against fp32 and bf16 matmul peaks
+  training path (``arm.ar.module.token_nll`` for the two heads' cross-entropies, the AdamW of ``arm.optim``), in fp32, bf16 autocast, and bf16 autocast with ``compile_for_training`` (the fast configuration;
+  under bf16 the no-cache attention is ``arm.nn.attention.matmul_attention``), plus the previous bf16 path
+  (``BF16_MATMUL_ATTENTION`` off: float32 rotary and SDPA) eager for the ratio; MFU against fp32 and bf16 matmul peaks
   measured in the same run. FLOPs per token = 6 N + 12 L d T (PaLM, Chowdhery et al. 2022, appendix B): N the
   non-embedding body parameters plus the head each target uses (text or image, weighted by their share of targets;
   embedding lookups are free), L layers, d width, T sequence length (the attention term ignores causal masking).
 - ``bench_ar_sampling``: generated tokens/s of ``sample_image_codes`` for 16 rows x 256 image tokens with CFG 1.5
-  (temperature 1, no top-k/top-p), counting 16 x 256 tokens (the 16 unconditional rows are the price of CFG), in
-  fp32 and bf16 autocast; and the KV cache against full recomputation (``kv_cache=False``, the same sampler) at a
-  reduced batch of 4 prompts (8 rows with CFG), since recomputing 32 rows x 256 steps takes minutes.
+  (temperature 1, no top-k/top-p), counting 16 x 256 tokens (the 16 unconditional rows are the price of CFG), for
+  each of ``SAMPLING_SETTINGS`` (the fast one: bf16 packed weights + bf16 cache + compiled attention; the exact
+  fp32 one; the previous path under bf16 autocast, for the ratio); and the KV cache against full recomputation
+  (``kv_cache=False``, the same sampler) at a reduced batch of 4 prompts (8 rows with CFG), since recomputing
+  32 rows x 256 steps takes minutes.
 
 Timings are the best of a few repeats after warm-up, at ``torch.get_num_threads()``. Run under the glibc allocator
 settings of ``../shared/stack.md`` (``make bench`` does) and say so next to the figures.
@@ -73,8 +76,10 @@ def _t2i_batch(config: ARConfig, batch: int, seq_len: int, prompt_len: int, seed
 
 
 def _training_rate(config: ARConfig, ids: torch.Tensor, loss_mask: torch.Tensor, dtype: torch.dtype,
-                   compiled: bool, repeats: int) -> tuple[float, float]:
-    """(tokens/s, seconds of the first step) of training steps through the real loss and optimiser."""
+                   compiled: bool, repeats: int, previous: bool = False) -> tuple[float, float]:
+    """(tokens/s, seconds of the first step) of training steps through the real loss and optimiser; ``previous``
+    switches ``BF16_MATMUL_ATTENTION`` off for these steps (float32 rotary and SDPA under bf16)."""
+    import arm.nn.attention as attention
     from arm.ar.module import token_nll
     from arm.optim import adamw_warmup_cosine
 
@@ -85,12 +90,16 @@ def _training_rate(config: ARConfig, ids: torch.Tensor, loss_mask: torch.Tensor,
         compile_for_training(model)
 
     def step() -> None:
-        opt.zero_grad(set_to_none=True)
-        with _autocast(dtype):
-            nll = token_nll(model, ids, loss_mask)
-            loss = nll["image"].mean() + nll["text"].mean()
-        loss.backward()
-        opt.step()
+        attention.BF16_MATMUL_ATTENTION = not previous
+        try:
+            opt.zero_grad(set_to_none=True)
+            with _autocast(dtype):
+                nll = token_nll(model, ids, loss_mask)
+                loss = nll["image"].mean() + nll["text"].mean()
+            loss.backward()
+            opt.step()
+        finally:
+            attention.BF16_MATMUL_ATTENTION = True
 
     start = time.perf_counter()
     step()  # the first step pays for compilation (and optimizer state allocation)
@@ -104,13 +113,16 @@ def bench_ar_training(config: ARConfig = REFERENCE, batch: int = 16, seq_len: in
     ids, loss_mask = _t2i_batch(config, batch, seq_len, prompt_len)
     peaks = {"float32": matmul_peak_gflops(torch.float32), "bfloat16": matmul_peak_gflops(torch.bfloat16)}
     flops = training_flops_per_token(config, seq_len, image_target_share=(seq_len + 1 - prompt_len) / seq_len)
-    runs = [("fp32", torch.float32, False), ("bf16", torch.bfloat16, False)]
+    runs = [("fp32", torch.float32, False, False), ("bf16", torch.bfloat16, False, False),
+            ("previous_bf16", torch.bfloat16, False, True)]
     if compile_blocks:
-        runs.append(("bf16_compiled", torch.bfloat16, True))
-    out = {"batch": batch, "seq_len": seq_len, "flops_per_token": flops, "matmul_peak_gflops": peaks}
-    for name, dtype, compiled in runs:
+        runs.append(("bf16_compiled", torch.bfloat16, True, False))
+    out = {"batch": batch, "seq_len": seq_len, "flops_per_token": flops, "matmul_peak_gflops": peaks,
+           "settings": "bf16 = autocast with bf16 rotary and matmul attention; previous_bf16 = "
+                       "float32 rotary and SDPA (the path before); bf16_compiled = bf16 + compile_for_training"}
+    for name, dtype, compiled, previous in runs:
         try:
-            rate, first = _training_rate(config, ids, loss_mask, dtype, compiled, repeats)
+            rate, first = _training_rate(config, ids, loss_mask, dtype, compiled, repeats, previous)
         except Exception as error:  # compilation can fail on a machine without a working C++ toolchain
             if not compiled:
                 raise
@@ -122,14 +134,27 @@ def bench_ar_training(config: ARConfig = REFERENCE, batch: int = 16, seq_len: in
                      "mfu_vs_bf16_peak": rate * flops / 1e9 / peaks["bfloat16"],
                      "mfu_vs_own_dtype_peak": rate * flops / 1e9 / peak}
     out["bf16_over_fp32"] = out["bf16"]["tokens_per_s"] / out["fp32"]["tokens_per_s"]
+    out["bf16_over_previous_bf16"] = out["bf16"]["tokens_per_s"] / out["previous_bf16"]["tokens_per_s"]
     if compile_blocks and "tokens_per_s" in out["bf16_compiled"]:
         out["compiled_over_eager_bf16"] = out["bf16_compiled"]["tokens_per_s"] / out["bf16"]["tokens_per_s"]
     return out
 
 
+SAMPLING_SETTINGS = {
+    "fp32": {"autocast": None, "fast": True, "decode_dtype": torch.float32, "compile_attention": False},
+    "bf16": {"autocast": None, "fast": True, "decode_dtype": torch.bfloat16, "compile_attention": True},
+    "previous_bf16_autocast": {"autocast": torch.bfloat16, "fast": False, "decode_dtype": None,
+                               "compile_attention": False},
+}
+"""The sampler settings timed: ``fp32`` packed float32 weights, float32 cache, eager attention (the exact path);
+``bf16`` (the fast configuration, used by the eval adapter and RL rollouts) packed bf16 weights, bf16 cache,
+``torch.compile``'d attention; ``previous_bf16_autocast`` the model's own cached forward under bf16 autocast (the
+path before ``arm.nn.decode``), for the ratio."""
+
+
 def bench_ar_sampling(config: ARConfig = REFERENCE, batch: int = 16, num_tokens: int = 256, prompt_len: int = 16,
                       cfg_scale: float = 1.5, recompute_batch: int = 4, repeats: int = 2) -> dict:
-    """Generated image tokens/s with CFG (fp32 and bf16 autocast) and the cache's speed-up over recomputation."""
+    """Generated image tokens/s with CFG per ``SAMPLING_SETTINGS`` and the cache's speed-up over recomputation."""
     from arm.ar.sampling import SamplingConfig, sample_image_codes
 
     torch.manual_seed(0)
@@ -139,20 +164,32 @@ def bench_ar_sampling(config: ARConfig = REFERENCE, batch: int = 16, num_tokens:
     uncond = [row[-3:] for row in prompts]  # an "empty prompt": only the <boi> and grid tokens stay
     sampling = SamplingConfig(cfg_scale=cfg_scale)
 
-    def rate(dtype: torch.dtype, rows: int, kv_cache: bool = True, reps: int = repeats) -> float:
+    def rate(setting: str, rows: int, kv_cache: bool = True, reps: int = repeats) -> tuple[float, float]:
+        """(tokens/s, seconds of the first call, which includes compilation)."""
+        options = dict(SAMPLING_SETTINGS[setting])
+        autocast = options.pop("autocast")
+
         def run() -> None:
-            with _autocast(dtype):
+            with _autocast(autocast or torch.float32):
                 sample_image_codes(model, prompts[:rows], num_tokens, sampling, uncond=uncond[:rows],
-                                   generator=torch.Generator().manual_seed(0), kv_cache=kv_cache)
-        return rows * num_tokens / _best_seconds(run, 1 if kv_cache else 0, reps)
+                                   generator=torch.Generator().manual_seed(0), kv_cache=kv_cache, **options)
+        start = time.perf_counter()
+        run()
+        first = time.perf_counter() - start
+        return rows * num_tokens / _best_seconds(run, 0, reps), first
 
     out = {"batch": batch, "num_tokens": num_tokens, "prompt_len": prompt_len, "cfg_scale": cfg_scale,
-           "forward_rows": 2 * batch,
-           "fp32_tokens_per_s": rate(torch.float32, batch), "bf16_tokens_per_s": rate(torch.bfloat16, batch)}
-    fast = torch.bfloat16 if out["bf16_tokens_per_s"] > out["fp32_tokens_per_s"] else torch.float32
-    cached = rate(fast, recompute_batch)
-    recomputed = rate(fast, recompute_batch, kv_cache=False, reps=1)
-    out["cache_vs_recompute"] = {"dtype": str(fast).replace("torch.", ""), "batch": recompute_batch,
+           "forward_rows": 2 * batch, "settings": {k: {n: str(v) for n, v in o.items()}
+                                                  for k, o in SAMPLING_SETTINGS.items()}}
+    for setting in SAMPLING_SETTINGS:
+        tokens_per_s, first = rate(setting, batch)
+        out[f"{setting}_tokens_per_s"] = tokens_per_s
+        out[f"{setting}_first_call_s"] = first
+    out["bf16_over_previous"] = out["bf16_tokens_per_s"] / out["previous_bf16_autocast_tokens_per_s"]
+    fast = "bf16" if out["bf16_tokens_per_s"] > out["fp32_tokens_per_s"] else "fp32"
+    cached = rate(fast, recompute_batch)[0]
+    recomputed = rate(fast, recompute_batch, kv_cache=False, reps=1)[0]
+    out["cache_vs_recompute"] = {"setting": fast, "batch": recompute_batch,
                                  "cached_tokens_per_s": cached, "recomputed_tokens_per_s": recomputed,
                                  "speedup": cached / recomputed}
     return out

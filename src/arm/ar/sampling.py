@@ -21,9 +21,13 @@ Deliberate simplifications:
   the scales are constant over the grid.
 - A guidance whose scales are all 1.0 is the conditional logits exactly, so the extra branches are not run.
 - ``generate_text`` keeps feeding <eos> to rows that finished until every row has (one batch, no compaction).
-- The layers run in the parameters' dtype, or the autocast dtype when the caller enters ``torch.autocast``
-  (bf16 autocast is the fast path on this CPU); the KV cache and attention over it stay float32 on the CPU;
-  guidance, temperature and the softmax are computed in float32.
+- The prompt runs through the model's cached forward; the steps after it through ``arm.nn.decode.PackedDecoder``
+  (q|k|v and gate|up fused, matrices in ``decode_dtype``: default the autocast dtype under ``torch.autocast``,
+  else the parameters'; ``fast=False`` keeps the model's own forward). The KV cache and attention over it are
+  float32 on the CPU, except with ``compile_attention`` and a bf16 ``decode_dtype`` (the fastest setting, which
+  RL rollouts use); guidance, temperature and the softmax are float32.
+- A draw inverts the cumulative distribution with one uniform per row (``draw``), not ``torch.multinomial``'s
+  one exponential per vocabulary entry: the same distribution, other draws for a given seed.
 """
 
 from __future__ import annotations
@@ -33,6 +37,7 @@ from dataclasses import dataclass
 import torch
 
 from arm.ar.model import ARDecoder
+from arm.nn.decode import PackedDecoder
 
 
 @dataclass
@@ -98,7 +103,18 @@ def sample_logits(logits: torch.Tensor, config: SamplingConfig, generator: torch
     if config.temperature == 0:
         return logits.argmax(-1)
     logits = filter_logits(logits.float() / config.temperature, config.top_k, config.top_p)
-    return torch.multinomial(logits.softmax(-1), 1, generator=generator).squeeze(-1)
+    return draw(logits.softmax(-1), generator)
+
+
+def draw(probs: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    """One index per row of ``probs`` (B, V) by inverting the cumulative distribution with one uniform per row.
+
+    ``torch.multinomial`` draws one exponential per entry (B x V random numbers: ~1 ms per step for 16 x 3,072 on
+    one core, as much as a layer); this draws B. Same distribution, different draws for a given seed. Tokens of
+    zero probability are never picked (their cumulative mass equals their predecessor's)."""
+    cdf = probs.cumsum(-1)  # (B, V)
+    u = torch.rand(probs.shape[0], 1, generator=generator, device=probs.device) * cdf[:, -1:]
+    return torch.searchsorted(cdf, u, right=True).squeeze(-1).clamp_max(probs.shape[-1] - 1)
 
 
 # ------------------------------------------------------------------------------------------------- helpers
@@ -137,6 +153,59 @@ def _cache_dtype(model: ARDecoder) -> torch.dtype | None:
     return torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else None
 
 
+def _decode_dtype(model: ARDecoder, decode_dtype: torch.dtype | None) -> torch.dtype:
+    """The packed decoder's matrix dtype: as given, else the autocast dtype under ``torch.autocast``, else the
+    parameters'."""
+    if decode_dtype is not None:
+        return decode_dtype
+    device = model.embed.weight.device.type
+    return torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else model.embed.weight.dtype
+
+
+class _Stepper:
+    """One-token steps of ``model`` over ``cache``: the packed decoder (``arm.nn.decode``) when ``fast``, else the
+    model's own cached forward (the previous path, kept for comparisons and as a fallback)."""
+
+    def __init__(self, model: ARDecoder, cache, fast: bool, dtype: torch.dtype, compile_attention: bool,
+                 head: str) -> None:
+        self.model, self.cache = model, cache
+        self.packed = PackedDecoder(model.body, dtype, compile_attention) if fast else None
+        weight = model.image_head.weight if head == "image" else model.text_head_weight
+        self.head = self.packed.pack(weight) if fast else None
+        self.head_fn = model.image_logits if head == "image" else model.text_logits
+
+    def logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """(R, D) -> (R, V) float32."""
+        if self.packed is None:
+            return self.head_fn(hidden).float()
+        return torch.nn.functional.linear(hidden.to(self.head.dtype), self.head).float()
+
+    def __call__(self, ids: torch.Tensor) -> torch.Tensor:
+        """(R,) ids -> (R, D) hidden states of the new tokens."""
+        if self.packed is None:
+            return self.model(input_ids=ids[:, None], cache=self.cache)[:, -1]
+        with torch.autocast(ids.device.type, enabled=False):  # the packed weights set the dtype
+            return self.packed.step(self.model.embed(ids), self.cache)
+
+
+def _new_cache(model: ARDecoder, rows: int, length: int, fast: bool, decode_dtype: torch.dtype | None,
+               compile_attention: bool):
+    """The sampling call's cache and the packed decoder's settings (dtype, compiled attention). The cache is
+    float32 on the CPU, except under compiled attention in a 16-bit dtype, which reads a cache of that dtype
+    without the copies eager matmuls make (half the bytes every step reads, see ``arm.nn.decode``)."""
+    dtype = _decode_dtype(model, decode_dtype)
+    fast = fast and _packable(model)
+    compiled = fast and compile_attention and dtype in (torch.bfloat16, torch.float16)
+    cache = model.new_cache(rows, length, dtype if compiled else _cache_dtype(model))
+    return cache, dtype, compiled, fast
+
+
+def _packable(model: ARDecoder) -> bool:
+    """The packed decoder reproduces ``ARDecoder``'s own forward and heads, not a subclass's overrides (test stubs)."""
+    cls = type(model)
+    return all(getattr(cls, name) is getattr(ARDecoder, name) for name in ("forward", "image_logits", "text_logits"))
+
+
 def _branches(prompts: list[list[int]], config: SamplingConfig, uncond: list[list[int]] | None,
               image_only: list[list[int]] | None) -> dict[str, list[list[int]]]:
     """The row groups to run, in batch order: prompts; prompts, uncond (CFG); prompts, image_only, uncond (edit)."""
@@ -159,7 +228,8 @@ def _branches(prompts: list[list[int]], config: SamplingConfig, uncond: list[lis
 def sample_image_codes(model: ARDecoder, prompts: list[list[int]], num_tokens: int,
                        config: SamplingConfig = SamplingConfig(), *, uncond: list[list[int]] | None = None,
                        image_only: list[list[int]] | None = None, generator: torch.Generator | None = None,
-                       kv_cache: bool = True) -> torch.Tensor:
+                       kv_cache: bool = True, fast: bool = True, decode_dtype: torch.dtype | None = None,
+                       compile_attention: bool = False) -> torch.Tensor:
     """(B, num_tokens) image CODES (not ids) sampled after each prompt.
 
     Each prompt is a list of ids ending where the first image token goes (e.g. after <boi> and grid tokens).
@@ -170,7 +240,11 @@ def sample_image_codes(model: ARDecoder, prompts: list[list[int]], num_tokens: i
     uncond = neither. All branches run as ONE batched forward per step. Only the image head is sampled, so only
     image codes can appear; each sampled code c is fed back as id ``model.image_token_offset + c``. Deterministic
     for a given generator seed. ``kv_cache=False`` recomputes the whole sequence every step (the baseline the
-    benchmark compares against; same results).
+    benchmark compares against; same results). ``fast`` runs the steps after the prompt through
+    ``arm.nn.decode.PackedDecoder`` with matrices in ``decode_dtype`` (default: the autocast dtype under
+    ``torch.autocast``, else the parameters'); ``fast=False`` is the previous path (the model's cached forward).
+    ``compile_attention`` (with a bf16 ``decode_dtype``): a bf16 cache read by a ``torch.compile``'d attention
+    (compiled once per process, ~10 s; the fastest setting on the CPU, ``arm.ar.bench`` measures it).
     """
     if model.image_head is None:
         raise ValueError("this decoder has no image head (num_image_codes=0): it cannot sample images")
@@ -184,21 +258,24 @@ def sample_image_codes(model: ARDecoder, prompts: list[list[int]], num_tokens: i
     R, W = ids.shape
     codes = torch.empty(B, num_tokens, dtype=torch.long, device=device)
     if kv_cache:
-        cache = model.new_cache(R, W + num_tokens - 1, _cache_dtype(model))
+        cache, dtype, compiled, fast = _new_cache(model, R, W + num_tokens - 1, fast, decode_dtype,
+                                                  compile_attention)
         hidden = model(input_ids=ids, mask=mask, cache=cache)[:, -1]  # (R, D)
+        stepper = _Stepper(model, cache, fast, dtype, compiled, "image")
     else:
         ids = torch.cat([ids, torch.zeros(R, num_tokens - 1, dtype=torch.long, device=device)], 1)
         mask = torch.cat([mask, torch.ones(R, num_tokens - 1, dtype=torch.bool, device=device)], 1)
         hidden = model(input_ids=ids[:, :W], mask=mask[:, :W], cache=model.new_cache(R, W))[:, -1]
     for t in range(num_tokens):
-        logits = dict(zip(groups, model.image_logits(hidden).float().view(len(groups), B, -1)))  # name: (B, C)
+        scores = stepper.logits(hidden) if kv_cache else model.image_logits(hidden).float()  # (R, C)
+        logits = dict(zip(groups, scores.view(len(groups), B, -1)))  # name: (B, C)
         guided = guide_logits(logits["prompts"], config, logits.get("uncond"), logits.get("image_only"))
         codes[:, t] = sample_logits(guided, config, generator)
         if t + 1 == num_tokens:
             break
         next_ids = model.image_ids(codes[:, t]).repeat(len(groups))  # (R,)
         if kv_cache:
-            hidden = model(input_ids=next_ids[:, None], cache=cache)[:, -1]
+            hidden = stepper(next_ids)
         else:  # the same prefill over the whole sequence so far, in a fresh cache: full recomputation
             ids[:, W + t] = next_ids
             length = W + t + 1
@@ -210,26 +287,30 @@ def sample_image_codes(model: ARDecoder, prompts: list[list[int]], num_tokens: i
 @torch.no_grad()
 def generate_text(model: ARDecoder, prompts: list[list[int]], max_new_tokens: int, eos_id: int,
                   config: SamplingConfig = SamplingConfig(temperature=0.0), *,
-                  generator: torch.Generator | None = None) -> list[list[int]]:
-    """New text ids per row (text head over text+special ids), each stopped at (and excluding) ``eos_id``."""
+                  generator: torch.Generator | None = None, fast: bool = True,
+                  decode_dtype: torch.dtype | None = None, compile_attention: bool = False) -> list[list[int]]:
+    """New text ids per row (text head over text+special ids), each stopped at (and excluding) ``eos_id``.
+    ``fast``/``decode_dtype``/``compile_attention``: as in ``sample_image_codes``."""
     if not 0 <= eos_id < model.config.num_text_and_special:
         raise ValueError(f"eos_id {eos_id} is not a text or special id (< {model.config.num_text_and_special})")
     if max_new_tokens < 1:
         return [[] for _ in prompts]
     _check_rows(model, prompts, "prompts", max_new_tokens)
     ids, mask = _left_pad(prompts, model.embed.weight.device)
-    cache = model.new_cache(len(prompts), ids.shape[1] + max_new_tokens - 1, _cache_dtype(model))
+    cache, dtype, compiled, fast = _new_cache(model, len(prompts), ids.shape[1] + max_new_tokens - 1, fast,
+                                              decode_dtype, compile_attention)
     hidden = model(input_ids=ids, mask=mask, cache=cache)[:, -1]  # (B, D)
+    stepper = _Stepper(model, cache, fast, dtype, compiled, "text")
     done = torch.zeros(len(prompts), dtype=torch.bool, device=ids.device)
     steps = []
     for t in range(max_new_tokens):
-        token = sample_logits(model.text_logits(hidden).float(), config, generator)  # (B,)
+        token = sample_logits(stepper.logits(hidden), config, generator)  # (B,)
         token = token.masked_fill(done, eos_id)
         steps.append(token)
         done |= token == eos_id
         if bool(done.all()) or t + 1 == max_new_tokens:
             break
-        hidden = model(input_ids=token[:, None], cache=cache)[:, -1]
+        hidden = stepper(token)
     out = torch.stack(steps, 1).tolist()
     return [row[:row.index(eos_id)] if eos_id in row else row for row in out]
 

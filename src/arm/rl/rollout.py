@@ -27,6 +27,10 @@ from arm.ar.sampling import SamplingConfig, sample_image_codes
 from arm.ar.sequences import check_fits
 from arm.rl.rewards import RewardSet
 
+ROLLOUT_DECODE_DTYPE = torch.bfloat16
+"""Matrix dtype of the rollout sampler's packed decoder (``arm.nn.decode``); ``torch.float32`` samples with the
+policy's exact float32 logits (several times slower on the CPU)."""
+
 
 @dataclass
 class RolloutConfig:
@@ -131,8 +135,11 @@ def rollout(policy, builder, tokenizer_bundle, records: Sequence[Mapping], confi
         raise ValueError(f"rollouts draw images for t2i or edit records, got task {task!r}")
     for prompt in prompts:
         check_fits(len(prompt), num, policy.config.max_seq_len)
+    # bf16 packed weights + compiled attention: the sampler's fast setting (arm.ar.sampling); the policy's
+    # log-probabilities are recomputed by the training step, so the rollout only needs draws.
     codes = sample_image_codes(policy, prompts, num, config.sampling(), uncond=uncond, image_only=image_only,
-                               generator=generator)  # (B*K, N)
+                               generator=generator, decode_dtype=ROLLOUT_DECODE_DTYPE,
+                               compile_attention=ROLLOUT_DECODE_DTYPE == torch.bfloat16)  # (B*K, N)
     images = tokenizer_bundle.decode(codes, config.decode_steps, config.decoder_cfg, generator).float()
     rows = [{**r, "codes": c, "source_codes": s}
             for r, c, s in zip([r for r in records for _ in range(k)], codes.tolist(), sources)]
