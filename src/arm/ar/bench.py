@@ -168,6 +168,8 @@ def bench_ar_sampling(config: ARConfig = REFERENCE, batch: int = 16, num_tokens:
         """(tokens/s, seconds of the first call, which includes compilation)."""
         options = dict(SAMPLING_SETTINGS[setting])
         autocast = options.pop("autocast")
+        if not kv_cache:  # recomputation runs the model's own forward: give it the setting's dtype by autocast
+            autocast = autocast or options["decode_dtype"]
 
         def run() -> None:
             with _autocast(autocast or torch.float32):
