@@ -1,5 +1,6 @@
 """The packed decode path (arm.nn.decode) against the model's own cached forward, and the sampler's draws."""
 
+import pytest
 import torch
 
 from arm.ar.model import ARConfig, ARDecoder
@@ -88,3 +89,18 @@ def test_draw_follows_the_distribution_and_skips_zero_mass():
     freq = torch.bincount(picks, minlength=6).float() / len(picks)
     torch.testing.assert_close(freq, probs[0], atol=0.01, rtol=0)
     assert freq[[0, 2, 5]].sum() == 0
+
+
+def test_a_failing_compiled_attention_falls_back_to_eager(monkeypatch):
+    import arm.nn.decode as decode
+
+    def broken(*args):
+        raise RuntimeError("no compiler")
+
+    monkeypatch.setitem(decode._COMPILED, "attend_one", broken)
+    model = tiny()
+    config = SamplingConfig(temperature=0.0, cfg_scale=1.5)
+    with pytest.warns(UserWarning, match="compiled decode attention failed"):
+        got = sample_image_codes(model, PROMPTS, 6, config, uncond=UNCOND, decode_dtype=torch.bfloat16,
+                                 compile_attention=True)
+    assert got.shape == (3, 6)

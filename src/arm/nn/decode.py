@@ -19,6 +19,8 @@ In float32 the results equal the eager cached path up to the summation order of 
 
 from __future__ import annotations
 
+import warnings
+
 import torch
 import torch.nn.functional as F
 
@@ -98,9 +100,15 @@ class PackedDecoder:
             q = q * cos + rotate_half(q) * sin
             k = k * cos + rotate_half(k) * sin
             keys, values = cache.write(i, k, v)  # (R, Hkv, S, Dh)
+            y = None
             if self.attend is not None:
-                y = self.attend(q.view(R, Hkv, H // Hkv, Dh), keys, values, bias)  # (R, Hkv, group, Dh)
-            else:
+                try:
+                    y = self.attend(q.view(R, Hkv, H // Hkv, Dh), keys, values, bias)  # (R, Hkv, group, Dh)
+                except Exception as error:  # no working compiler here: fall back to eager, same results
+                    warnings.warn(f"compiled decode attention failed ({type(error).__name__}); using the eager "
+                                  "matmuls (slower over a bf16 cache)", stacklevel=2)
+                    self.attend = None
+            if y is None:
                 y = decode_attention(q.to(keys.dtype), keys, values, bias)  # (R, H, 1, Dh)
             x = x + F.linear(y.reshape(R, H * Dh).to(self.dtype), w_out).float()
             gate, up = F.linear(_rms(x, n2, self.eps).to(self.dtype), w_gu).chunk(2, dim=-1)
