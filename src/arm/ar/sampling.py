@@ -201,8 +201,14 @@ def _new_cache(model: ARDecoder, rows: int, length: int, fast: bool, decode_dtyp
 
 
 def _packable(model: ARDecoder) -> bool:
-    """The packed decoder reproduces ``ARDecoder``'s own forward and heads, not a subclass's overrides (test stubs)."""
+    """The packed decoder reproduces ``ARDecoder``'s own forward and heads, not a subclass's overrides (test stubs),
+    and reads plain local weights: a model sharded by FSDP2 (DTensor parameters, e.g. RL rollouts under
+    ``ModelParallelStrategy``) keeps its own forward, which gathers the shards."""
+    from torch.distributed.tensor import DTensor
+
     cls = type(model)
+    if any(isinstance(p, DTensor) for p in model.parameters()):
+        return False
     return all(getattr(cls, name) is getattr(ARDecoder, name) for name in ("forward", "image_logits", "text_logits"))
 
 
