@@ -56,7 +56,7 @@ def test_grpo_fit_logs_resumes_and_exports(tiny_world, sft_export, tmp_path):
     assert "reward_tag/" in " ".join(first.trainer.callback_metrics) and "reward/geneval/correct" in \
         first.trainer.callback_metrics
     assert first.trainer.global_step == 2 and (out / "checkpoints" / "last.ckpt").is_file()
-    saved = torch.load(out / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)["state_dict"]
+    saved = torch.load(out / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)["state_dict"]
     assert saved and all(k.startswith("policy.") for k in saved)  # the frozen reference and tokenizer stay out
     # ... and `--ckpt_path last` continues to step 4 with the optimiser state, on edit prompts this time.
     logger = ["--trainer.logger=lightning.pytorch.loggers.TensorBoardLogger", f"--trainer.logger.save_dir={out}"]
