@@ -41,7 +41,8 @@ def test_fit_validates_zero_shot_and_exports(tiny_world, monkeypatch):
         trained = seen["cli"].model.model
         images = torch.rand(2, 3, 64, 64)
         torch.testing.assert_close(teacher.image_embedding(images), trained.eval().image_embedding(images))
-    assert seen["cli"].model.hparams.hard_negatives == 1  # tiny.yaml trains with hard negatives and short texts
+    hp = seen["cli"].model.hparams  # tiny.yaml trains every teacher loss: hard negatives, short texts, attributes, presence
+    assert hp.hard_negatives == 1 and hp.attribute_weight > 0 and hp.presence_weight > 0
     assert list((tiny_world / "run_teacher" / "logs").glob("version_*/events.out.tfevents.*")), "TensorBoard logs missing"
     assert list((tiny_world / "run_teacher" / "logs").glob("version_*/checkpoints/last.ckpt")), "no last.ckpt"
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import pytest
@@ -339,3 +340,127 @@ def test_caption_head_loss_reads_the_image_and_is_not_exported(tmp_path):
     assert all(id(p) in names for p in module.caption_head.parameters())
     save_teacher(module.model, module.config, str(tmp_path / "t"))
     assert load_teacher(str(tmp_path / "t")).state_dict().keys() == module.model.state_dict().keys()
+
+
+def test_attribute_labels_by_hand_and_held_out_pairs_never_named():
+    from arm.data.shapeworld.world import CLASSES, COLORS, HELDOUT_COLOR_SHAPE
+    from arm.teacher.attributes import attribute_concepts, attribute_texts, concept_labels
+
+    concepts = [("red", None), (None, "circle"), ("red", "circle"), ("blue", "square"), ("blue", None)]
+    scenes = [{"objects": [{"color": "red", "class": "square"}, {"color": "blue", "class": "circle"}]},
+              {"objects": [{"color": "red", "class": "circle"}]},
+              {"objects": []}]
+    expected = torch.tensor([[1, 1, -1, -1, 1],  # red (square), circle (blue), no red circle, no blue square, blue
+                             [1, 1, 1, -1, -1],
+                             [-1, -1, -1, -1, -1]], dtype=torch.float32)
+    assert torch.equal(concept_labels(scenes, concepts), expected)
+    all_concepts = attribute_concepts()
+    assert len(all_concepts) == len(COLORS) + len(CLASSES) + len(COLORS) * len(CLASSES) - len(HELDOUT_COLOR_SHAPE)
+    texts = attribute_texts(7, all_concepts)
+    assert texts == attribute_texts(7, all_concepts)  # a pure function of the step
+    for color, cls in HELDOUT_COLOR_SHAPE:
+        assert not any(f"{color} {cls}" in t for t in texts)
+    assert "an orange shape" in " ".join(texts) and "a orange" not in " ".join(texts)
+    # the zero-shot evaluation wordings ("a {} shape", "a {}") are never a whole training text
+    assert not set(texts) & ({f"a {c} shape" for c in COLORS} | {f"a {k}" for k in CLASSES})
+
+
+def test_attribute_loss_uses_exact_labels_and_own_bias(tmp_path):
+    from arm.data.shapeworld.scene import scene_for
+    from arm.teacher.attributes import attribute_texts, concept_labels
+    from arm.teacher.losses import sigmoid_loss_from_labels
+    from arm.teacher.module import TeacherModule
+
+    tok, cfg = _tiny_tokenizer_and_config(tmp_path, " there is an image with a drawing picture photo")
+    metas = [{"key": f"k{i}", "scene": scene_for(0, "train", i).to_json(), "caption": f"cap {i}"} for i in range(5)]
+    batch = {"meta": metas, "image": torch.rand(5, 3, 64, 64)}
+    assert TeacherModule(tok, cfg).attribute_bias is None  # weight 0 builds nothing
+    module = TeacherModule(tok, cfg, attribute_weight=2.0)
+    with torch.no_grad():
+        module.attribute_bias.fill_(0.3)
+    img = module.model.image_embedding(batch["image"])
+    txt = module.model.embed_texts(attribute_texts(0, module.concepts))
+    labels = concept_labels([m["scene"] for m in metas], module.concepts)
+    logits = module.model.logit_scale.exp() * img @ txt.t() + 0.3
+    by_hand = -torch.nn.functional.logsigmoid(labels * logits).sum() / 5
+    torch.testing.assert_close(module._attribute_loss(img, batch), by_hand, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(sigmoid_loss_from_labels(img, txt, labels, module.model.logit_scale,
+                                                        module.attribute_bias), by_hand, rtol=1e-5, atol=1e-5)
+    module._attribute_loss(img, batch).backward()
+    assert module.attribute_bias.grad is not None and module.attribute_bias.grad.abs() > 0
+    with pytest.raises(ValueError, match="task 'scene'"):
+        module._attribute_loss(img, {"image": batch["image"], "text": ["a"] * 5})
+
+
+def test_convnorm_stem_layout_and_max_pool(tmp_path):
+    from arm.teacher.model import ConvNormStem
+
+    stem = ConvNormStem(8, 16, 96)
+    convs = [m for m in stem.convs if isinstance(m, torch.nn.Conv2d)]
+    # full-resolution 3x3 conv, then one stride-2 conv per factor of 2 of the patch size
+    assert [(c.in_channels, c.out_channels, c.stride[0]) for c in convs] == [(3, 16, 1), (16, 24, 2), (24, 96, 2),
+                                                                           (96, 96, 2)]
+    assert sum(isinstance(m, torch.nn.GroupNorm) for m in stem.convs) == 3
+    assert not isinstance(stem.convs[-1], torch.nn.GELU)
+    x = torch.rand(2, 3, 64, 64)
+    assert tuple(stem(x).shape) == (2, 96, 8, 8)
+    # the output is the normalised conv path plus the plain linear patchify, which keeps absolute colour
+    torch.testing.assert_close(stem(x), stem.convs(x) + stem.linear(x))
+    assert [c.out_channels for c in ConvNormStem(2, 16, 32).convs if isinstance(c, torch.nn.Conv2d)] == [16, 32]
+    with pytest.raises(ValueError, match="power-of-two"):
+        ConvNormStem(6, 16, 96)
+    with pytest.raises(ValueError, match="divisible by 8"):
+        ConvNormStem(8, 12, 96)
+    cfg = TeacherConfig(vocab_size=50, embed_dim=16, image_dim=32, text_dim=32, image_layers=1, text_layers=1,
+                        image_heads=2, text_heads=2, stem="convnorm", pool="max")
+    model = DualEncoder(cfg)
+    images = torch.rand(3, 3, 64, 64)
+    features = model.patch_features(images)
+    assert features.shape == (3, 64, 32)
+    expected = torch.nn.functional.normalize(model.image_proj(features.max(dim=1).values), dim=-1)
+    torch.testing.assert_close(model.image_embedding(images), expected)
+    save_teacher(model, cfg, str(tmp_path / "t"))
+    torch.testing.assert_close(load_teacher(str(tmp_path / "t")).image_embedding(images), expected)
+    with pytest.raises(ValueError, match="unknown pool"):
+        DualEncoder(dataclasses.replace(cfg, pool="sum"))
+
+
+def test_presence_loss_targets_by_hand(tmp_path):
+    from arm.data.shapeworld.world import CLASSES, COLORS
+    from arm.teacher.module import TeacherModule
+
+    tok, cfg = _tiny_tokenizer_and_config(tmp_path)
+    assert TeacherModule(tok, cfg).presence_head is None
+    module = TeacherModule(tok, cfg, presence_weight=3.0)
+    scenes = [{"objects": [{"color": "red", "class": "star"}, {"color": "blue", "class": "star"}]},
+              {"objects": []}]
+    img = torch.nn.functional.normalize(torch.randn(2, 16), dim=-1)
+    target = torch.zeros(2, len(COLORS) + len(CLASSES))
+    target[0, list(COLORS).index("red")] = target[0, list(COLORS).index("blue")] = 1
+    target[0, len(COLORS) + CLASSES.index("star")] = 1
+    logits = module.presence_head(10.0 * img)
+    expected = -(target * torch.log(torch.sigmoid(logits)) + (1 - target) * torch.log(1 - torch.sigmoid(logits))).mean()
+    batch = {"meta": [{"scene": s} for s in scenes]}
+    torch.testing.assert_close(module._presence_loss(img, batch), expected, rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match="task 'scene'"):
+        module._presence_loss(img, {"text": ["a", "b"]})
+    # the head is trained but not part of the exported dual encoder
+    names = {id(p) for g in module.configure_optimizers()["optimizer"].param_groups for p in g["params"]}
+    assert all(id(p) in names for p in module.presence_head.parameters())
+    assert not any(k.startswith("presence") for k in module.model.state_dict())
+
+
+def _tiny_tokenizer_and_config(tmp_path, extra_text: str = ""):
+    """A text tokenizer trained on 200 ShapeWorld captions (+ ``extra_text``) and a tiny TeacherConfig."""
+    import random
+
+    from arm.data.shapeworld.scene import scene_for
+    from arm.data.shapeworld.text import caption
+    from arm.data.text_tokenizer import train_text_tokenizer
+
+    tok = str(tmp_path / "tokenizer.json")
+    rng = random.Random(0)
+    train_text_tokenizer([caption(scene_for(0, "train", i), rng) + extra_text for i in range(200)], 300, tok)
+    cfg = TeacherConfig(embed_dim=16, image_dim=32, text_dim=32, image_layers=1, text_layers=1, image_heads=2,
+                        text_heads=2)
+    return tok, cfg

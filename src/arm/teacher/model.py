@@ -7,7 +7,7 @@ interface over local OpenAI CLIP weights.
 
 Deliberate simplifications against SigLIP(2):
 - Image tower: patch-embedding conv, learned absolute positions, bidirectional RMSNorm/SwiGLU blocks from
-  ``arm.nn`` (no LayerNorm/GELU ViT, no MAP attention-pooling head): pooling is the mean over patches.
+  ``arm.nn`` (no LayerNorm/GELU ViT, no MAP attention-pooling head): pooling is the mean or the max over patches.
 - Text tower: causal blocks with RoPE; the embedding is read at the last real token (the caller appends EOS).
 - The learnable temperature and bias of the loss live in the model so that they are saved with it.
 """
@@ -49,6 +49,16 @@ class TeacherConfig:
             image_dim), a small CNN stem as in hybrid ViTs (Dosovitskiy et al. 2021 §3.1): every token sees a
             receptive field larger than its patch, built from local edge detectors, which is what telling a star
             from a cross at 14 px needs. ``patch_size`` must be a power of two.
+            ``"convnorm"``: a normalised convolutional stem: a 3x3 conv at full resolution to ``stem_width``
+            channels, then log2(p) stride-2 3x3 convs (widths 1.5 x stem_width, then image_dim ...), each but the
+            last followed by GroupNorm(8) and GELU, plus the plain linear patchify added (``ConvNormStem``). Measured (experiments/LOG.md, 2026-12-04):
+            with a supervised shape-presence head, 300 steps of batch 128 reach single-class shape accuracy 0.99
+            with this stem (width 16) against 0.33 / 0.32 / 0.38 for ``patch`` / ``conv`` / ``cnn``: the
+            normalisation and the full-resolution first layer, not the receptive field, are what the shape
+            signal needs in a short schedule.
+        stem_width: channels of the full-resolution layer of the ``convnorm`` stem.
+        pool: how patch features become the image embedding: ``"mean"`` (default) or ``"max"`` over patches.
+            Max pooling keeps a small object's evidence from being averaged away by background patches.
     """
 
     image_size: int = 64
@@ -64,6 +74,8 @@ class TeacherConfig:
     max_text_len: int = 64
     norm_eps: float = 1e-6
     stem: str = "patch"
+    stem_width: int = 16
+    pool: str = "mean"
 
     @property
     def num_patches(self) -> int:
@@ -95,8 +107,12 @@ class DualEncoder(nn.Module):
                                              nn.Conv2d(mid, c.image_dim, kernel_size=3, stride=2, padding=1))
         elif c.stem == "cnn":
             self.patch_embed = cnn_stem(c.patch_size, c.image_dim)
+        elif c.stem == "convnorm":
+            self.patch_embed = ConvNormStem(c.patch_size, c.stem_width, c.image_dim)
         else:
-            raise ValueError(f"unknown stem {c.stem!r}; expected 'patch', 'conv' or 'cnn'")
+            raise ValueError(f"unknown stem {c.stem!r}; expected 'patch', 'conv', 'cnn' or 'convnorm'")
+        if c.pool not in ("mean", "max"):
+            raise ValueError(f"unknown pool {c.pool!r}; expected 'mean' or 'max'")
         self.image_pos = nn.Parameter(torch.randn(1, c.num_patches, c.image_dim) * 0.02)
         self.image_tower = Transformer(TransformerConfig(
             dim=c.image_dim, num_layers=c.image_layers, num_heads=c.image_heads, rope=False, causal=False,
@@ -138,7 +154,8 @@ class DualEncoder(nn.Module):
 
     def pool(self, features: torch.Tensor) -> torch.Tensor:
         """Patch features (B, N, D_image) -> pooled, L2-normalised image embedding (B, E)."""
-        return F.normalize(self.image_proj(features.mean(dim=1)), dim=-1)
+        pooled = features.amax(dim=1) if self.config.pool == "max" else features.mean(dim=1)
+        return F.normalize(self.image_proj(pooled), dim=-1)
 
     def text_embedding(self, token_ids: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
         """L2-normalised text embedding (B, E) read at the last real token of right-padded ids (B, T)."""
@@ -169,6 +186,38 @@ def cnn_stem(patch_size: int, dim: int) -> nn.Sequential:
             layers.append(nn.ReLU())
         in_ch = width
     return nn.Sequential(*layers)
+
+
+class ConvNormStem(nn.Module):
+    """A 3x3 conv at full resolution to ``width`` channels, then log2(patch_size) stride-2 3x3 convs (the first to
+    1.5 x width, the rest to ``dim``), GroupNorm(8 groups) + GELU after every conv but the last, PLUS the plain
+    linear patch embedding (a (p, stride p) conv) added to its output (TeacherConfig).
+
+    Why the linear path: GroupNorm removes each channel group's mean over the image, so a uniform background's
+    colour, and absolute colour levels in general, are normalised away; a first version without the path
+    reconstructed scenes on the wrong background (experiments/LOG.md, 2026-12-04). The linear patchify keeps
+    every pixel's value linearly readable, as the plain ViT stem does."""
+
+    def __init__(self, patch_size: int, width: int, dim: int) -> None:
+        super().__init__()
+        depth = patch_size.bit_length() - 1
+        if patch_size < 2 or 2**depth != patch_size:
+            raise ValueError(f"stem 'convnorm' needs a power-of-two patch_size, got {patch_size}")
+        if width % 8 or (3 * width // 2) % 8 or dim % 8:
+            raise ValueError(f"stem 'convnorm' needs stem_width, 1.5 x stem_width and image_dim divisible by 8 "
+                             f"(GroupNorm with 8 groups); got stem_width {width}, image_dim {dim}")
+        widths = [width] + [3 * width // 2 if i == 1 else dim for i in range(1, depth)] + [dim]
+        layers: list[nn.Module] = []
+        for i in range(depth + 1):
+            layers.append(nn.Conv2d(3 if i == 0 else widths[i - 1], widths[i], kernel_size=3,
+                                    stride=1 if i == 0 else 2, padding=1))
+            if i < depth:
+                layers += [nn.GroupNorm(8, widths[i]), nn.GELU()]
+        self.convs = nn.Sequential(*layers)
+        self.linear = nn.Conv2d(3, dim, kernel_size=patch_size, stride=patch_size)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.convs(images) + self.linear(images)
 
 
 def tokenize_texts(tokenizer, texts: list[str], max_len: int, device: torch.device | str = "cpu"

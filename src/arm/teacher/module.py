@@ -42,6 +42,19 @@ by colour and position alone (see the LOG). The decoder is training machinery on
 checkpoints but not exported with the teacher. Simplification against LocCa: no referring-expression or box
 tasks, a decoder-only prefix LM instead of cross-attention, and no parallel-prediction mode.
 
+Attribute texts (``attribute_weight``; ``arm.teacher.attributes``): every step also scores each image against
+every colour, class and legal colour x class text ("a photo of a red circle") with EXACT multi-positive labels from
+the scene (+1 iff some object matches), under the sigmoid loss with its own learnable bias.
+
+Presence head (``presence_weight``): a linear layer on the image embedding predicting which of the 10 colours and 6
+classes the scene holds (binary cross-entropy). A deliberate shortcut, stated here: ARM's teacher (SigLIP2) learnt
+shape from billions of pairs; ours has ~4 minutes. Measured (experiments/LOG.md, 2026-12-04): through the text
+tower alone (captions, hard negatives, caption decoder or exact attribute texts) the image and text towers sit at
+a symmetric saddle for shape (zero-shot shape stays at chance 0.17-0.30 in 300-450 steps) while colour, linear in
+the pixels, is learnt at once; a free linear head breaks the symmetry: the image tower then learns shape within
+~200 steps and the attribute texts align the text tower to it (zero-shot shape 0.975 at 300 steps with weight
+100 in a stand-alone check). The head is training machinery: saved in Lightning checkpoints, not exported.
+
 Validation: the plain loss on val captions (no hard negatives, no short texts, comparable across settings), and zero-shot classification as in CLIP/SigLIP: each val image is assigned
 the prompt ("a red shape", "a circle"...) whose text embedding is closest. The true label needs the scene, so the
 DataModule should run task ``scene`` (the batch then holds the parsed json as ``meta``; training reads the caption
@@ -60,15 +73,18 @@ from typing import Any
 
 import lightning as L
 import torch
+import torch.nn.functional as F
 
 from arm.data.shapeworld.scene import Scene, scene_label
 from arm.data.shapeworld.world import CLASSES, COLORS
 from arm.data.text_tokenizer import TextTokenizer
 from arm.optim import adamw_warmup_cosine, trainer_total_steps
+from arm.teacher.attributes import attribute_concepts, attribute_texts, concept_labels
 from arm.teacher.losses import (
     hard_negative_ranking_loss,
     sigmoid_contrastive_loss,
     sigmoid_contrastive_loss_with_negatives,
+    sigmoid_loss_from_labels,
 )
 from arm.teacher.model import DualEncoder, TeacherConfig, save_teacher, tokenize_texts
 from arm.teacher.negatives import hard_negative_captions, negative_rng, short_pair
@@ -101,6 +117,8 @@ class TeacherModule(L.LightningModule):
         hard_negative_weight: float = 0.0,
         caption_weight: float = 0.0,
         caption_layers: int = 2,
+        attribute_weight: float = 0.0,
+        presence_weight: float = 0.0,
     ) -> None:
         """
         Args:
@@ -120,6 +138,12 @@ class TeacherModule(L.LightningModule):
                 among B + K*B, too weak a signal to learn shape in a short schedule; see experiments/LOG.md).
             caption_weight: weight of the LocCa captioning loss (0 = no caption decoder is built or run).
             caption_layers: blocks of the caption decoder.
+            attribute_weight: weight of the sigmoid loss against every attribute text ("a photo of a red circle")
+                with exact multi-positive labels from the scene (``arm.teacher.attributes``; 0 = off; needs task
+                ``scene``). It has its own learnable bias: its labels are ~30% positive, the captions' 1/B.
+            presence_weight: weight of a supervised presence head (0 = off; needs task ``scene``): a linear layer
+                on 10 x the image embedding predicting which colours and classes the scene holds, mean binary
+                cross-entropy. Training machinery, not exported. See "Presence head" above.
         """
         super().__init__()
         self.save_hyperparameters()
@@ -148,6 +172,13 @@ class TeacherModule(L.LightningModule):
                 text_vocab_size=config.vocab_size, dim=d, num_layers=caption_layers, num_heads=config.text_heads,
                 num_kv_heads=config.text_heads, mlp_hidden=8 * (d * 8 // 3 // 8), qkv_bias=False,
                 max_seq_len=config.num_patches + config.max_text_len))
+        self.presence_head = None
+        if presence_weight > 0:
+            self.presence_head = torch.nn.Linear(config.embed_dim, len(COLORS) + len(CLASSES))
+        self.attribute_bias = None
+        if attribute_weight > 0:
+            self.concepts = attribute_concepts()
+            self.attribute_bias = torch.nn.Parameter(torch.zeros(()))
 
     def _encode(self, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
         return tokenize_texts(self.tokenizer, texts, self.config.max_text_len, self.device)
@@ -198,6 +229,10 @@ class TeacherModule(L.LightningModule):
             caption = self._caption_loss(features, captions)
             self.log("train/caption_loss", caption.detach(), batch_size=n)
             extra = self.hparams.caption_weight * caption
+        if self.attribute_bias is not None:
+            extra = extra + self.hparams.attribute_weight * self._attribute_loss(img, batch)
+        if self.presence_head is not None:
+            extra = extra + self.hparams.presence_weight * self._presence_loss(img, batch)
         txt = self._embed_texts_bucketed(texts + negatives)
         scale, bias = self.model.logit_scale, self.model.logit_bias
         if not negatives:
@@ -212,6 +247,37 @@ class TeacherModule(L.LightningModule):
             self.log("train/hard_negative_ranking", ranking.detach(), batch_size=n)
             loss = loss + self.hparams.hard_negative_weight * ranking
         return loss + extra
+
+    def _attribute_loss(self, img: torch.Tensor, batch: dict[str, Any]) -> torch.Tensor:
+        """Sigmoid loss of the image embeddings (B, E) against every attribute text, with exact labels."""
+        if "meta" not in batch:
+            raise ValueError("attribute_weight > 0 needs the scene json: use data task 'scene'")
+        labels = concept_labels([m["scene"] for m in batch["meta"]], self.concepts).to(img)
+        txt = self._embed_texts_bucketed(attribute_texts(self.global_step, self.concepts))
+        loss = sigmoid_loss_from_labels(img, txt, labels, self.model.logit_scale, self.attribute_bias)
+        with torch.no_grad():
+            logits = self.model.logit_scale.exp() * img @ txt.t() + self.attribute_bias
+            self.log("train/attribute_acc", ((logits > 0) == (labels > 0)).float().mean(), batch_size=len(labels))
+        self.log("train/attribute_loss", loss.detach(), batch_size=len(labels))
+        return loss
+
+    def _presence_loss(self, img: torch.Tensor, batch: dict[str, Any]) -> torch.Tensor:
+        """Mean BCE of the presence head on 10 x the image embeddings (B, E) against the scenes' colours and classes."""
+        if "meta" not in batch:
+            raise ValueError("presence_weight > 0 needs the scene json: use data task 'scene'")
+        names = list(COLORS) + list(CLASSES)
+        target = torch.zeros(len(img), len(names), device=img.device, dtype=img.dtype)
+        for i, m in enumerate(batch["meta"]):
+            for o in m["scene"]["objects"]:
+                target[i, names.index(o["color"])] = 1.0
+                target[i, names.index(o["class"])] = 1.0
+        # 10 = SigLIP's initial temperature: the head reads the unit-norm embedding at the scale the loss does.
+        logits = self.presence_head(10.0 * img)
+        loss = F.binary_cross_entropy_with_logits(logits, target)
+        self.log("train/presence_loss", loss.detach(), batch_size=len(img))
+        self.log("train/presence_shape_acc", ((logits[:, len(COLORS):] > 0) == (target[:, len(COLORS):] > 0))
+                 .float().mean(), batch_size=len(img))
+        return loss
 
     def _embed_texts_bucketed(self, texts: list[str], bucket: int = 64) -> torch.Tensor:
         """Text embeddings (N, E) computed in length-sorted buckets, each padded only to its own longest text.

@@ -43,6 +43,8 @@ class TokenizerConfig:
         feature_dim: the teacher's patch-feature width (set from the teacher by the module).
         text_embed_dim: the teacher's text-embedding width, target of the sigmoid head (set from the teacher).
         lm_dim: the caption LM's width, or 0 without an LM (set from the LM).
+        pool: how z_q is pooled over patches for the sigmoid head and the linear probes, ``"mean"`` or ``"max"``
+            (set from the teacher's own ``pool``, so that pooled z_q is read the way the teacher's features were).
     """
 
     levels: list[int] = field(default_factory=lambda: [4, 4, 4, 4, 4, 4])
@@ -51,6 +53,7 @@ class TokenizerConfig:
     feature_dim: int = 0
     text_embed_dim: int = 0
     lm_dim: int = 0
+    pool: str = "mean"
 
     @property
     def codebook_size(self) -> int:
@@ -63,7 +66,7 @@ class TokenizerConfig:
     def from_json(d: dict) -> TokenizerConfig:
         return TokenizerConfig(levels=list(d["levels"]), projection=TransformerConfig(**d["projection"]),
                                decoder=PixelDiTConfig(**d["decoder"]), feature_dim=d["feature_dim"],
-                               text_embed_dim=d["text_embed_dim"], lm_dim=d["lm_dim"])
+                               text_embed_dim=d["text_embed_dim"], lm_dim=d["lm_dim"], pool=d.get("pool", "mean"))
 
 
 class SemanticTokenizer(nn.Module):
@@ -73,6 +76,8 @@ class SemanticTokenizer(nn.Module):
         super().__init__()
         if config.feature_dim <= 0 or config.text_embed_dim <= 0:
             raise ValueError("TokenizerConfig.feature_dim and text_embed_dim must be set (from the teacher)")
+        if config.pool not in ("mean", "max"):
+            raise ValueError(f"unknown pool {config.pool!r}; expected 'mean' or 'max'")
         self.config = config
         self.projection = CodeProjection(config.feature_dim, len(config.levels), config.levels, config.projection)
         self.decoder = PixelDiT(config.feature_dim, config.decoder)
@@ -91,9 +96,13 @@ class SemanticTokenizer(nn.Module):
         z_q, _, indices = self.projection(features)
         return z_q, indices
 
+    def pool(self, z_q: torch.Tensor) -> torch.Tensor:
+        """z_q (B, N, F) -> (B, F), pooled over patches as ``config.pool`` says (mean or max)."""
+        return z_q.amax(dim=1) if self.config.pool == "max" else z_q.mean(dim=1)
+
     def pooled_embedding(self, z_q: torch.Tensor) -> torch.Tensor:
-        """L2-normalised embedding (B, E) of mean-pooled z_q, comparable with the teacher's text embeddings."""
-        return F.normalize(self.sig_head(z_q.mean(dim=1)), dim=-1)
+        """L2-normalised embedding (B, E) of pooled z_q, comparable with the teacher's text embeddings."""
+        return F.normalize(self.sig_head(self.pool(z_q)), dim=-1)
 
     @torch.no_grad()
     def decode_indices(self, indices: torch.Tensor, steps: int = 10, cfg_scale: float = 1.0,

@@ -105,6 +105,7 @@ class TokenizerModule(L.LightningModule):
             decoder=decoder or PixelDiTConfig(image_size=tc.image_size),
             feature_dim=tc.image_dim, text_embed_dim=tc.embed_dim,
             lm_dim=self.lm.config.dim if self.lm is not None else 0,
+            pool=getattr(tc, "pool", "mean"),
         )
         # A teacher that resizes its input (CLIP) lets the decoder work at the data's resolution; the others read
         # images at their own size only, so the data, the teacher and the decoder share it.

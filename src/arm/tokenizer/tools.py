@@ -78,7 +78,7 @@ def run_eval(ns: argparse.Namespace) -> int:
                     parts["cap"] = prefix_caption_loss(lm, tok.cap_adapter(z_q), ids, mask)
             if evaluate:
                 evaluator.update(images, batch["meta"], z_q, indices, parts)
-            feats.append(z_q.mean(1))
+            feats.append(tok.pool(z_q))
             metas += batch["meta"]
         return torch.cat(feats), metas
 
