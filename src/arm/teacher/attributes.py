@@ -35,11 +35,14 @@ ATTRIBUTE_TEMPLATES = ("a photo of a {}", "an image with a {}", "a picture of a 
 """Wordings of training attribute texts; ``{}`` is "<colour> <class>", "<colour> shape" or "<class>"."""
 
 
+def presence_concepts() -> list[tuple[str | None, str | None]]:
+    """Every colour alone, then every class alone (None = any): the presence head's 16 targets, in this order."""
+    return [(c, None) for c in COLORS] + [(None, k) for k in CLASSES]
+
+
 def attribute_concepts() -> list[tuple[str | None, str | None]]:
     """Every (colour, class) concept named in training: colour only, class only, and legal pairs (None = any)."""
-    out: list[tuple[str | None, str | None]] = [(c, None) for c in COLORS] + [(None, k) for k in CLASSES]
-    out += [(c, k) for c in COLORS for k in CLASSES if (c, k) not in HELDOUT_COLOR_SHAPE]
-    return out
+    return presence_concepts() + [(c, k) for c in COLORS for k in CLASSES if (c, k) not in HELDOUT_COLOR_SHAPE]
 
 
 def concept_name(color: str | None, cls: str | None) -> str:

@@ -111,8 +111,7 @@ class DualEncoder(nn.Module):
             self.patch_embed = ConvNormStem(c.patch_size, c.stem_width, c.image_dim)
         else:
             raise ValueError(f"unknown stem {c.stem!r}; expected 'patch', 'conv', 'cnn' or 'convnorm'")
-        if c.pool not in ("mean", "max"):
-            raise ValueError(f"unknown pool {c.pool!r}; expected 'mean' or 'max'")
+        check_pool(c.pool)
         self.image_pos = nn.Parameter(torch.randn(1, c.num_patches, c.image_dim) * 0.02)
         self.image_tower = Transformer(TransformerConfig(
             dim=c.image_dim, num_layers=c.image_layers, num_heads=c.image_heads, rope=False, causal=False,
@@ -154,8 +153,7 @@ class DualEncoder(nn.Module):
 
     def pool(self, features: torch.Tensor) -> torch.Tensor:
         """Patch features (B, N, D_image) -> pooled, L2-normalised image embedding (B, E)."""
-        pooled = features.amax(dim=1) if self.config.pool == "max" else features.mean(dim=1)
-        return F.normalize(self.image_proj(pooled), dim=-1)
+        return F.normalize(self.image_proj(pool_patches(features, self.config.pool)), dim=-1)
 
     def text_embedding(self, token_ids: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
         """L2-normalised text embedding (B, E) read at the last real token of right-padded ids (B, T)."""
@@ -186,6 +184,20 @@ def cnn_stem(patch_size: int, dim: int) -> nn.Sequential:
             layers.append(nn.ReLU())
         in_ch = width
     return nn.Sequential(*layers)
+
+
+POOLS = ("mean", "max")
+"""How patch features (B, N, D) become one vector per image (``TeacherConfig.pool``, ``TokenizerConfig.pool``)."""
+
+
+def check_pool(pool: str) -> None:
+    if pool not in POOLS:
+        raise ValueError(f"unknown pool {pool!r}; expected one of {list(POOLS)}")
+
+
+def pool_patches(features: torch.Tensor, pool: str) -> torch.Tensor:
+    """(B, N, D) -> (B, D): the mean or the max over the N patches."""
+    return features.amax(dim=1) if pool == "max" else features.mean(dim=1)
 
 
 class ConvNormStem(nn.Module):

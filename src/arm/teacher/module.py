@@ -79,7 +79,7 @@ from arm.data.shapeworld.scene import Scene, scene_label
 from arm.data.shapeworld.world import CLASSES, COLORS
 from arm.data.text_tokenizer import TextTokenizer
 from arm.optim import adamw_warmup_cosine, trainer_total_steps
-from arm.teacher.attributes import attribute_concepts, attribute_texts, concept_labels
+from arm.teacher.attributes import attribute_concepts, attribute_texts, concept_labels, presence_concepts
 from arm.teacher.losses import (
     hard_negative_ranking_loss,
     sigmoid_contrastive_loss,
@@ -265,12 +265,7 @@ class TeacherModule(L.LightningModule):
         """Mean BCE of the presence head on 10 x the image embeddings (B, E) against the scenes' colours and classes."""
         if "meta" not in batch:
             raise ValueError("presence_weight > 0 needs the scene json: use data task 'scene'")
-        names = list(COLORS) + list(CLASSES)
-        target = torch.zeros(len(img), len(names), device=img.device, dtype=img.dtype)
-        for i, m in enumerate(batch["meta"]):
-            for o in m["scene"]["objects"]:
-                target[i, names.index(o["color"])] = 1.0
-                target[i, names.index(o["class"])] = 1.0
+        target = (concept_labels([m["scene"] for m in batch["meta"]], presence_concepts()) > 0).to(img)  # (B, 16)
         # 10 = SigLIP's initial temperature: the head reads the unit-norm embedding at the scale the loss does.
         logits = self.presence_head(10.0 * img)
         loss = F.binary_cross_entropy_with_logits(logits, target)

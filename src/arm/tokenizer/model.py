@@ -25,6 +25,7 @@ from torch import nn
 
 from arm.io import read_export, save_export
 from arm.nn import TransformerConfig
+from arm.teacher.model import check_pool, pool_patches
 from arm.tokenizer.pixel_decoder import PixelDiT, PixelDiTConfig
 from arm.tokenizer.projection import CodeProjection
 
@@ -76,8 +77,7 @@ class SemanticTokenizer(nn.Module):
         super().__init__()
         if config.feature_dim <= 0 or config.text_embed_dim <= 0:
             raise ValueError("TokenizerConfig.feature_dim and text_embed_dim must be set (from the teacher)")
-        if config.pool not in ("mean", "max"):
-            raise ValueError(f"unknown pool {config.pool!r}; expected 'mean' or 'max'")
+        check_pool(config.pool)
         self.config = config
         self.projection = CodeProjection(config.feature_dim, len(config.levels), config.levels, config.projection)
         self.decoder = PixelDiT(config.feature_dim, config.decoder)
@@ -98,7 +98,7 @@ class SemanticTokenizer(nn.Module):
 
     def pool(self, z_q: torch.Tensor) -> torch.Tensor:
         """z_q (B, N, F) -> (B, F), pooled over patches as ``config.pool`` says (mean or max)."""
-        return z_q.amax(dim=1) if self.config.pool == "max" else z_q.mean(dim=1)
+        return pool_patches(z_q, self.config.pool)
 
     def pooled_embedding(self, z_q: torch.Tensor) -> torch.Tensor:
         """L2-normalised embedding (B, E) of pooled z_q, comparable with the teacher's text embeddings."""
