@@ -83,3 +83,67 @@ def test_mismatched_dims_give_one_line_error():
         proj.decode(torch.randn(1, 4, 8))
     with pytest.raises(ValueError, match="one level per code dim"):
         CodeProjection(24, 4, [2, 2], TransformerConfig(dim=32, num_layers=1, num_heads=4))
+
+
+def test_attention_pool_is_permutation_invariant_and_reads_a_single_token_as_its_value():
+    from arm.tokenizer.model import AttentionPool
+
+    torch.manual_seed(int(torch.randint(0, 10_000, ()).item()))
+    pool = AttentionPool(dim=16, num_heads=4)
+    x = torch.randn(3, 7, 16)
+    perm = torch.randperm(7)
+    torch.testing.assert_close(pool(x[:, perm]), pool(x), atol=1e-5, rtol=1e-5)
+    # One token: attention returns its value whatever the query, so the head is out(v) + MLP(LN(out(v))).
+    one = x[:, :1]
+    _, v = pool.kv(pool.norm(one)).chunk(2, dim=-1)
+    pooled = pool.out(v[:, 0])
+    torch.testing.assert_close(pool(one), pooled + pool.mlp(pool.mlp_norm(pooled)), atol=1e-5, rtol=1e-5)
+
+
+def test_sig_pool_map_drives_the_probe_pooling_and_bad_names_fail_in_one_line():
+    from arm.tokenizer.model import SemanticTokenizer, TokenizerConfig
+    from arm.tokenizer.pixel_decoder import PixelDiTConfig
+
+    def config(sig_pool):
+        return TokenizerConfig(levels=[3, 3], projection=TransformerConfig(dim=16, num_layers=1, num_heads=2),
+                               decoder=PixelDiTConfig(image_size=16, patch_size=4, dim=48, num_layers=1, num_heads=2),
+                               feature_dim=16, text_embed_dim=8, pool="max", sig_pool=sig_pool)
+
+    tok = SemanticTokenizer(config("map"))
+    z = torch.randn(2, 16, 16)
+    torch.testing.assert_close(tok.pool(z), tok.sig_pool(z))
+    assert tok.pooled_embedding(z).shape == (2, 8)
+    assert TokenizerConfig.from_json(config("map").to_json()).sig_pool == "map"
+    torch.testing.assert_close(SemanticTokenizer(config("teacher")).pool(z), z.amax(dim=1))
+    with pytest.raises(ValueError, match="sig_pool must be"):
+        SemanticTokenizer(config("avg"))
+
+
+def test_quantize_scaled_scales_only_the_encoders_gradient():
+    from arm.tokenizer.model import SemanticTokenizer, TokenizerConfig
+    from arm.tokenizer.pixel_decoder import PixelDiTConfig
+
+    torch.manual_seed(int(torch.randint(0, 10_000, ()).item()))
+    tok = SemanticTokenizer(TokenizerConfig(
+        levels=[5, 5, 5], projection=TransformerConfig(dim=16, num_layers=1, num_heads=2),
+        decoder=PixelDiTConfig(image_size=16, patch_size=4, dim=48, num_layers=1, num_heads=2),
+        feature_dim=16, text_embed_dim=8))
+    feats, target = torch.randn(2, 16, 16), torch.randn(2, 16, 16)
+    scale = float(torch.empty(()).uniform_(0.1, 0.9))
+
+    def grads(s):
+        tok.zero_grad()
+        z_q, z_sem, idx = tok.quantize_scaled(feats, s)
+        torch.testing.assert_close(z_sem, z_q)  # same values, only the gradient differs
+        ((z_sem - target) ** 2).sum().backward()
+        enc = tok.projection.enc_in.weight.grad  # None when no gradient reached the encoder
+        enc = torch.zeros_like(tok.projection.enc_in.weight) if enc is None else enc.clone()
+        return enc, tok.projection.dec_out.weight.grad.clone(), idx
+
+    enc_1, dec_1, idx_1 = grads(1.0)
+    enc_s, dec_s, idx_s = grads(scale)
+    enc_0, _, _ = grads(0.0)
+    assert torch.equal(idx_1, idx_s)
+    torch.testing.assert_close(enc_s, scale * enc_1, atol=1e-6, rtol=1e-4)  # the encoder: scaled
+    torch.testing.assert_close(dec_s, dec_1)  # the symmetric projection after FSQ: in full
+    assert enc_0.abs().max() == 0 and enc_1.abs().max() > 0

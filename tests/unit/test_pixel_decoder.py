@@ -192,3 +192,14 @@ def test_x_prediction_velocity_is_derived_from_the_clean_image():
     x0 = torch.randn(2, 3, 16, 16)
     v0 = model.predict_velocity(x0, torch.zeros(2), torch.zeros(2, 16, 8))
     torch.testing.assert_close(x0 + v0, x_hat)
+
+
+def test_logit_normal_time_location_and_scale():
+    """logit(t) is N(time_mean, time_std^2): check its sample mean and spread on 20k draws (4+ standard errors)."""
+    mean, std = float(torch.empty(()).uniform_(-1.5, 1.5)), float(torch.empty(()).uniform_(0.5, 1.5))
+    dit = PixelDiT(8, PixelDiTConfig(image_size=8, patch_size=4, dim=48, num_layers=1, num_heads=2,
+                                     time_mean=mean, time_std=std))
+    t = dit.sample_t(20_000, torch.device("cpu"))
+    logit = torch.log(t) - torch.log1p(-t)
+    assert ((t > 0) & (t < 1)).all()
+    assert abs(logit.mean().item() - mean) < 0.05 and abs(logit.std().item() - std) < 0.05

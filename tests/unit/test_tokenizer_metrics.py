@@ -106,3 +106,24 @@ def test_inception_weights_that_are_missing_or_not_inception_are_one_line_errors
     with pytest.raises(ValueError, match="is not torch-fidelity's InceptionV3 state dict") as err:
         InceptionFeatures(str(tmp_path / "other.pt"))
     assert "\n" not in str(err.value)
+
+
+def test_reconstruction_metrics_under_bf16_autocast_match_fp32():
+    """The evaluator scores reconstructions in fp32 even inside a bf16-mixed trainer's autocast."""
+    from types import SimpleNamespace
+
+    from torchmetrics.functional.image import structural_similarity_index_measure as ssim
+
+    from arm.tokenizer.evaluate import TokenizerEvaluator
+
+    images = torch.rand(4, 3, 32, 32)
+    recon = (images + 0.05 * torch.randn_like(images)).clamp(0, 1)
+    teacher = SimpleNamespace(embed_texts=lambda texts: torch.randn(len(texts), 8),
+                              patch_features=lambda x: x.reshape(x.shape[0], 3, -1).transpose(1, 2))
+    tokenizer = SimpleNamespace(codebook_size=16, decoder=SimpleNamespace(sample=lambda z, **kw: recon[: len(z)]))
+    expected = ssim(recon, images, data_range=1.0, reduction="none")
+    evaluator = TokenizerEvaluator(tokenizer, teacher, recon_images=4)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        evaluator._reconstruct(images, torch.zeros(4, 1, 1), None)
+    torch.testing.assert_close(torch.tensor(evaluator.recon["ssim"]), expected, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(torch.tensor(evaluator.recon["psnr"]), psnr(recon, images), atol=1e-4, rtol=1e-5)

@@ -77,8 +77,11 @@ class TokenizerEvaluator:
         # A fixed noise seed per position in the stream: the same checkpoint always gets the same numbers.
         gen = torch.Generator(device=images.device).manual_seed(len(self.recon["psnr"]))
         recon = self.tokenizer.decoder.sample(z_q, steps=self.decode_steps, cfg_scale=self.cfg_scale, generator=gen)
-        self.recon["psnr"] += psnr(recon, images).tolist()
-        self.recon["ssim"] += ssim(recon, images, data_range=1.0, reduction="none").tolist()  # per image
+        # The metrics run in fp32 even under a bf16-mixed trainer: SSIM's Gaussian-window convolutions in bf16
+        # gave values below 0 (measured, experiments/LOG.md 2026-12-05).
+        with torch.autocast(device_type=images.device.type, enabled=False):
+            self.recon["psnr"] += psnr(recon.float(), images).tolist()
+            self.recon["ssim"] += ssim(recon.float(), images, data_range=1.0, reduction="none").tolist()  # per image
         self.recon["real"].append(self.teacher.patch_features(images).mean(1).cpu())
         self.recon["fake"].append(self.teacher.patch_features(recon).mean(1).cpu())
         if self.inception is not None:

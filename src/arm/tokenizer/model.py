@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from arm.io import read_export, save_export
-from arm.nn import TransformerConfig
+from arm.nn import SwiGLU, TransformerConfig
 from arm.teacher.model import check_pool, pool_patches
 from arm.tokenizer.pixel_decoder import PixelDiT, PixelDiTConfig
 from arm.tokenizer.projection import CodeProjection
@@ -46,6 +46,9 @@ class TokenizerConfig:
         lm_dim: the caption LM's width, or 0 without an LM (set from the LM).
         pool: how z_q is pooled over patches for the sigmoid head and the linear probes, ``"mean"`` or ``"max"``
             (set from the teacher's own ``pool``, so that pooled z_q is read the way the teacher's features were).
+        sig_pool: ``"teacher"`` pools z_q as ``pool`` says before the sigmoid head's linear map; ``"map"`` pools it
+            with a learned attention-pooling head instead (SigLIP's MAP head, Zhai et al. 2023: one learned query
+            attends over the N tokens, then a residual MLP), which then also gives the probes their pooled z_q.
     """
 
     levels: list[int] = field(default_factory=lambda: [4, 4, 4, 4, 4, 4])
@@ -55,6 +58,7 @@ class TokenizerConfig:
     text_embed_dim: int = 0
     lm_dim: int = 0
     pool: str = "mean"
+    sig_pool: str = "teacher"
 
     @property
     def codebook_size(self) -> int:
@@ -67,7 +71,40 @@ class TokenizerConfig:
     def from_json(d: dict) -> TokenizerConfig:
         return TokenizerConfig(levels=list(d["levels"]), projection=TransformerConfig(**d["projection"]),
                                decoder=PixelDiTConfig(**d["decoder"]), feature_dim=d["feature_dim"],
-                               text_embed_dim=d["text_embed_dim"], lm_dim=d["lm_dim"], pool=d.get("pool", "mean"))
+                               text_embed_dim=d["text_embed_dim"], lm_dim=d["lm_dim"], pool=d.get("pool", "mean"),
+                               sig_pool=d.get("sig_pool", "teacher"))
+
+
+class AttentionPool(nn.Module):
+    """Multihead attention pooling (SigLIP's MAP head): (B, N, D) -> (B, D).
+
+    One learned query attends over the tokens (pre-normed keys/values), then a residual SwiGLU MLP. Why a learned
+    pooling for L_sig: a fixed mean or max pool makes every patch's z_q carry the caption's semantics in the same
+    few directions, which the pixel decoder then has to read through; a learned head lets the pooling adapt to the
+    codes instead (experiments/LOG.md, 2026-12-04/05)."""
+
+    def __init__(self, dim: int, num_heads: int) -> None:
+        super().__init__()
+        if dim % num_heads:
+            raise ValueError(f"AttentionPool: dim {dim} is not divisible by num_heads {num_heads}")
+        self.num_heads = num_heads
+        self.query = nn.Parameter(torch.randn(dim) * dim**-0.5)
+        self.norm = nn.LayerNorm(dim)
+        self.kv = nn.Linear(dim, 2 * dim)
+        self.q = nn.Linear(dim, dim)
+        self.out = nn.Linear(dim, dim)
+        self.mlp_norm = nn.LayerNorm(dim)
+        self.mlp = SwiGLU(dim, 2 * dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        B, N, D = x.shape
+        h = self.num_heads
+        k, v = self.kv(self.norm(x)).chunk(2, dim=-1)  # (B, N, D) each
+        q = self.q(self.query).expand(B, 1, D)  # (B, 1, D)
+        split = lambda t: t.reshape(B, t.shape[1], h, D // h).transpose(1, 2)  # noqa: E731  (B, h, L, D/h)
+        pooled = F.scaled_dot_product_attention(split(q), split(k), split(v))  # (B, h, 1, D/h)
+        pooled = self.out(pooled.transpose(1, 2).reshape(B, D))  # (B, D)
+        return pooled + self.mlp(self.mlp_norm(pooled))
 
 
 class SemanticTokenizer(nn.Module):
@@ -78,9 +115,13 @@ class SemanticTokenizer(nn.Module):
         if config.feature_dim <= 0 or config.text_embed_dim <= 0:
             raise ValueError("TokenizerConfig.feature_dim and text_embed_dim must be set (from the teacher)")
         check_pool(config.pool)
+        if config.sig_pool not in ("teacher", "map"):
+            raise ValueError(f"sig_pool must be 'teacher' (pool z_q as the teacher does) or 'map' (a learned "
+                             f"attention-pooling head), got {config.sig_pool!r}")
         self.config = config
         self.projection = CodeProjection(config.feature_dim, len(config.levels), config.levels, config.projection)
         self.decoder = PixelDiT(config.feature_dim, config.decoder)
+        self.sig_pool = AttentionPool(config.feature_dim, 4) if config.sig_pool == "map" else None
         self.sig_head = nn.Linear(config.feature_dim, config.text_embed_dim, bias=False)
         # SigLIP's initialisation (t = 10, b = -10), as in the teacher.
         self.logit_scale = nn.Parameter(torch.tensor(math.log(10.0)))
@@ -96,8 +137,22 @@ class SemanticTokenizer(nn.Module):
         z_q, _, indices = self.projection(features)
         return z_q, indices
 
+    def quantize_scaled(self, features: torch.Tensor, grad_scale: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Teacher features (B, N, F) -> (z_q, z_q_scaled, indices): both z_q are the same values; gradients
+        reaching the codes through ``z_q_scaled`` are multiplied by ``grad_scale`` before the encoder sees them
+        (the symmetric projection after FSQ gets them in full). ``grad_scale == 1`` is plain ``quantize``."""
+        _, codes, indices = self.projection.encode(features)
+        z_q = self.projection.decode(codes)
+        if grad_scale == 1.0:
+            return z_q, z_q, indices
+        scaled = codes.detach() if grad_scale == 0.0 else codes * grad_scale + codes.detach() * (1.0 - grad_scale)
+        return z_q, self.projection.decode(scaled), indices
+
     def pool(self, z_q: torch.Tensor) -> torch.Tensor:
-        """z_q (B, N, F) -> (B, F), pooled over patches as ``config.pool`` says (mean or max)."""
+        """z_q (B, N, F) -> (B, F): the learned attention pooling when ``config.sig_pool == "map"``, else the mean
+        or max over patches as ``config.pool`` says."""
+        if self.sig_pool is not None:
+            return self.sig_pool(z_q)
         return pool_patches(z_q, self.config.pool)
 
     def pooled_embedding(self, z_q: torch.Tensor) -> torch.Tensor:

@@ -22,6 +22,11 @@ text embeddings of "a {colour} shape" / "a {class}", scored on images whose obje
 Deliberate simplifications: the teacher and LM run in eval mode without gradients into their weights (gradients
 reach z_q through the frozen LM); the linear probe is computed by ``arm tokenizer eval`` only, since it needs
 train features.
+
+Knobs beyond the paper, off by default (the paper's recipe) and set in the embedded default's YAML by measurement
+(experiments/LOG.md, 2026-12-05): ``semantic_grad_scale`` < 1 lets L_cap, L_sig and L_feat reach the FSQ encoder
+with a scaled gradient (the layers after FSQ get theirs in full), so the codes stay fitted to the pixels;
+``sig_pool="map"`` pools z_q for L_sig with a learned attention head rather than the teacher's fixed pooling.
 """
 
 from __future__ import annotations
@@ -54,6 +59,11 @@ class TokenizerModule(L.LightningModule):
         decoder: pixel DiT sizes; its ``image_size`` is the data's (and, for an exported teacher, the teacher's).
         w_cap, w_pix, w_sig, w_feat: loss weights (paper: 1, 5, 5, 1); 0 removes the branch.
         cond_drop_prob: probability of dropping z_q for the pixel decoder (decoder-side CFG).
+        sig_pool: how L_sig, zero-shot and the probes pool z_q: ``"teacher"`` (mean or max, as the teacher pools
+            its features) or ``"map"`` (a learned attention-pooling head, ``arm.tokenizer.model.AttentionPool``).
+        semantic_grad_scale: factor on the gradient that L_cap, L_sig and L_feat send through the codes into the
+            projection's encoder (the symmetric projection after FSQ and the heads get it in full; L_pix always
+            in full). 1 is the paper; less keeps the codes for the pixels (experiments/LOG.md, 2026-12-05).
         lr, weight_decay, warmup_steps, betas: AdamW with warm-up and cosine decay to ``trainer.max_steps``.
         caption_max_len: caption tokens kept for L_cap.
         val_recon_images: val images reconstructed per validation (PSNR, SSIM, semantic, FD).
@@ -74,6 +84,8 @@ class TokenizerModule(L.LightningModule):
         w_sig: float = 5.0,
         w_feat: float = 1.0,
         cond_drop_prob: float = 0.1,
+        sig_pool: str = "teacher",
+        semantic_grad_scale: float = 1.0,
         lr: float = 1e-3,
         weight_decay: float = 0.0,
         warmup_steps: int = 100,
@@ -105,7 +117,7 @@ class TokenizerModule(L.LightningModule):
             decoder=decoder or PixelDiTConfig(image_size=tc.image_size),
             feature_dim=tc.image_dim, text_embed_dim=tc.embed_dim,
             lm_dim=self.lm.config.dim if self.lm is not None else 0,
-            pool=getattr(tc, "pool", "mean"),
+            pool=getattr(tc, "pool", "mean"), sig_pool=sig_pool,
         )
         # A teacher that resizes its input (CLIP) lets the decoder work at the data's resolution; the others read
         # images at their own size only, so the data, the teacher and the decoder share it.
@@ -130,7 +142,7 @@ class TokenizerModule(L.LightningModule):
         proj, dec = self.model.projection, self.model.decoder
         parallelize(self.model, self.device_mesh["data_parallel"],
                     [*proj.encoder.blocks, *proj.decoder.blocks, *dec.blocks],
-                    forward_methods=("quantize", "pooled_embedding"))
+                    forward_methods=("quantize", "quantize_scaled", "pooled_embedding"))
 
     # ------------------------------------------------------------------------------------------ losses
 
@@ -156,16 +168,20 @@ class TokenizerModule(L.LightningModule):
         if images.ndim != 4 or tuple(images.shape[1:]) != (3, size, size):
             raise ValueError(f"the data's images have shape {tuple(images.shape[1:])} but the tokenizer decodes "
                              f"(3, {size}, {size}): set model.decoder.image_size to the data's image size")
+        if not 0.0 <= hp.semantic_grad_scale <= 1.0:
+            raise ValueError(f"semantic_grad_scale must lie in [0, 1], got {hp.semantic_grad_scale}")
         with torch.no_grad():
             feats = self.teacher.patch_features(images)  # (B, N, F)
-        z_q, indices = self.model.quantize(feats)
+        semantic = hp.w_feat > 0 or hp.w_sig > 0 or hp.w_cap > 0
+        scale = hp.semantic_grad_scale if (semantic and self.training) else 1.0
+        z_q, z_sem, indices = self.model.quantize_scaled(feats, scale)  # z_sem: z_q for the semantic losses
         out: dict[str, torch.Tensor] = {}
         if hp.w_feat > 0:
-            out["feat"] = (1 - F.cosine_similarity(z_q, feats, dim=-1)).mean()
+            out["feat"] = (1 - F.cosine_similarity(z_sem, feats, dim=-1)).mean()
         if hp.w_sig > 0:
             with torch.no_grad():
                 text = self.teacher.embed_texts(captions)  # (B, E)
-            out["sig"] = sigmoid_contrastive_loss(self.model.pooled_embedding(z_q), text, self.model.logit_scale,
+            out["sig"] = sigmoid_contrastive_loss(self.model.pooled_embedding(z_sem), text, self.model.logit_scale,
                                                   self.model.logit_bias)
         if hp.w_cap > 0:
             from arm.ar.lm_module import encode_captions
@@ -173,7 +189,7 @@ class TokenizerModule(L.LightningModule):
 
             ids, mask = encode_captions(self.lm_tokenizer, captions, hp.caption_max_len, images.device)
             ids, mask = ids[:, 1:], mask[:, 1:]  # the z_q prefix takes the place of the leading [eos]
-            out["cap"] = prefix_caption_loss(self.lm, self.model.cap_adapter(z_q), ids, mask)
+            out["cap"] = prefix_caption_loss(self.lm, self.model.cap_adapter(z_sem), ids, mask)
         if hp.w_pix > 0:
             out["pix"] = self.model.decoder.loss(images, z_q, hp.cond_drop_prob)
         return out, z_q, indices

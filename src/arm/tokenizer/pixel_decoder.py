@@ -21,8 +21,9 @@ probability ``cond_drop_prob``, by one learned null vector (broadcast over the N
 
 Choices and simplifications:
 - Images enter ``loss`` and leave ``sample`` in [0, 1] (the suite's convention); [-1, 1] is internal.
-- t is drawn from a logit-normal(0, 1) (SD3's default: more weight on mid-trajectory times, where the velocity
-  is hardest to predict); ``time_sampling="uniform"`` is available.
+- t is drawn from a logit-normal(``time_mean``, ``time_std``) (SD3's default (0, 1): more weight on mid-trajectory
+  times, where the velocity is hardest to predict; JiT uses (-0.8, 0.8), towards noise, where the condition
+  matters most); ``time_sampling="uniform"`` is available.
 - Attention is ``arm.nn.Attention`` (bidirectional, no rotary: positions come from the additive embedding), the
   MLP is ``arm.nn.SwiGLU``; the adaLN norms are LayerNorms without affine parameters, as in DiT.
 - The timestep embedding and adaLN are the only time conditioning; z_q is not pooled into adaLN.
@@ -60,6 +61,9 @@ class PixelDiTConfig:
         num_heads: attention heads; must divide ``dim``.
         mlp_hidden: SwiGLU hidden width; ``None`` = 8/3 * dim rounded up to a multiple of 8.
         time_sampling: "logit_normal" (SD3) or "uniform" training distribution of t.
+        time_mean, time_std: location and scale of the logit-normal: t = sigmoid(time_mean + time_std * n),
+            n ~ N(0, 1). A negative mean trains more on noisy inputs, where only the condition z_q can say what the
+            image is, so the codes get more of the pixel loss's gradient.
         prediction: what the network outputs: "v", the velocity itself, or "x", the clean image, from which the
             velocity is derived as (x_hat - x_t) / (1 - t) (Li & He 2025, "Back to Basics: Let Denoising
             Generative Models Denoise"); the loss is on the velocity either way. With patches as wide as the
@@ -75,6 +79,8 @@ class PixelDiTConfig:
     num_heads: int = 4
     mlp_hidden: int | None = None
     time_sampling: str = "logit_normal"
+    time_mean: float = 0.0
+    time_std: float = 1.0
     prediction: str = "x"
     time_freq_dim: int = 256
 
@@ -199,7 +205,8 @@ class PixelDiT(nn.Module):
         """Training times (B,) in (0, 1)."""
         if self.config.time_sampling == "uniform":
             return torch.rand(batch, device=device, generator=generator)
-        return torch.sigmoid(torch.randn(batch, device=device, generator=generator))
+        cfg = self.config
+        return torch.sigmoid(cfg.time_mean + cfg.time_std * torch.randn(batch, device=device, generator=generator))
 
     def loss(self, images: torch.Tensor, cond: torch.Tensor, cond_drop_prob: float = 0.0,
              generator: torch.Generator | None = None) -> torch.Tensor:
