@@ -99,6 +99,29 @@ def test_zero_weight_removes_branch(parts, monkeypatch):
     assert module.lm is None  # no LM loaded when L_cap is off
 
 
+def test_caption_batch_feeds_the_lm_a_subset_in_training_only(parts, monkeypatch):
+    import arm.ar.model as ar_model
+    from arm.tokenizer.module import TokenizerModule
+
+    module = TokenizerModule(str(parts / "teacher"), lm_dir=str(parts / "lm"), levels=[4, 4, 3], w_pix=0.0,
+                             caption_batch=3)
+    seen, real = [], ar_model.prefix_caption_loss
+    monkeypatch.setattr(ar_model, "prefix_caption_loss", lambda lm, prefix, ids, mask: (
+        seen.append((prefix.shape[0], ids.shape[0])), real(lm, prefix, ids, mask))[1])
+    captions = ["a red circle", "a blue square", "a green star", "a gray cross", "a pink diamond"]
+    images = torch.rand(5, 3, 64, 64)
+    module.train()
+    train_parts, _, _ = module.losses(images, captions)
+    module.eval()
+    with torch.no_grad():
+        val_parts, _, _ = module.losses(images, captions)
+        first3, _, _ = module.losses(images[:3], captions[:3])
+    assert seen == [(3, 3), (5, 5), (3, 3)]
+    # The training loss is the full-batch loss of the first three samples (same weights, no dropout in L_cap).
+    torch.testing.assert_close(train_parts["cap"].detach(), first3["cap"])
+    assert torch.isfinite(val_parts["cap"])
+
+
 def test_bad_inputs_are_one_line_errors(parts, tmp_path, capsys):
     from arm.tokenizer.module import TokenizerModule
 

@@ -66,6 +66,9 @@ class TokenizerModule(L.LightningModule):
             in full). 1 is the paper; less keeps the codes for the pixels (experiments/LOG.md, 2026-12-05).
         lr, weight_decay, warmup_steps, betas: AdamW with warm-up and cosine decay to ``trainer.max_steps``.
         caption_max_len: caption tokens kept for L_cap.
+        caption_batch: in training, L_cap reads only the first ``caption_batch`` samples of each batch (0 = all): an
+            unbiased estimate of the same loss at a fraction of the frozen LM's forward and backward cost, the
+            largest share of a step (validation always uses the whole batch).
         val_recon_images: val images reconstructed per validation (PSNR, SSIM, semantic, FD).
         val_decode_steps, val_cfg_scale: Euler steps and decoder CFG for those reconstructions.
         export: write the trained tokenizer to ``<default_root_dir>/tokenizer`` at the end of fit.
@@ -91,6 +94,7 @@ class TokenizerModule(L.LightningModule):
         warmup_steps: int = 100,
         betas: tuple[float, float] = (0.9, 0.95),
         caption_max_len: int = 64,
+        caption_batch: int = 0,
         val_recon_images: int = 128,
         val_decode_steps: int = 10,
         val_cfg_scale: float = 1.0,
@@ -187,9 +191,10 @@ class TokenizerModule(L.LightningModule):
             from arm.ar.lm_module import encode_captions
             from arm.ar.model import prefix_caption_loss
 
-            ids, mask = encode_captions(self.lm_tokenizer, captions, hp.caption_max_len, images.device)
+            keep = hp.caption_batch if (self.training and 0 < hp.caption_batch < len(captions)) else len(captions)
+            ids, mask = encode_captions(self.lm_tokenizer, captions[:keep], hp.caption_max_len, images.device)
             ids, mask = ids[:, 1:], mask[:, 1:]  # the z_q prefix takes the place of the leading [eos]
-            out["cap"] = prefix_caption_loss(self.lm, self.model.cap_adapter(z_sem), ids, mask)
+            out["cap"] = prefix_caption_loss(self.lm, self.model.cap_adapter(z_sem[:keep]), ids, mask)
         if hp.w_pix > 0:
             out["pix"] = self.model.decoder.loss(images, z_q, hp.cond_drop_prob)
         return out, z_q, indices
