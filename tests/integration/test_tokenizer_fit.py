@@ -129,6 +129,10 @@ def test_bad_inputs_are_one_line_errors(parts, tmp_path, capsys):
         TokenizerModule(str(tmp_path / "no-teacher"))
     with pytest.raises(ValueError, match="needs a caption LM"):
         TokenizerModule(str(parts / "teacher"), lm_dir=None)
+    with pytest.raises(ValueError, match=r"semantic_grad_scale must lie in \[0, 1\]"):
+        TokenizerModule(str(parts / "teacher"), lm_dir=None, w_cap=0.0, semantic_grad_scale=1.5)
+    with pytest.raises(ValueError, match="caption_batch must be >= 0"):
+        TokenizerModule(str(parts / "teacher"), lm_dir=None, w_cap=0.0, caption_batch=-1)
     with pytest.raises(ValueError, match="decoder.image_size"):
         from arm.tokenizer.pixel_decoder import PixelDiTConfig
 

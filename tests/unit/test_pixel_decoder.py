@@ -203,3 +203,5 @@ def test_logit_normal_time_location_and_scale():
     logit = torch.log(t) - torch.log1p(-t)
     assert ((t > 0) & (t < 1)).all()
     assert abs(logit.mean().item() - mean) < 0.05 and abs(logit.std().item() - std) < 0.05
+    with pytest.raises(ValueError, match="time_std must be > 0"):
+        PixelDiT(8, PixelDiTConfig(image_size=8, patch_size=4, dim=48, num_layers=1, num_heads=2, time_std=0.0))

@@ -78,7 +78,7 @@ class TokenizerEvaluator:
         gen = torch.Generator(device=images.device).manual_seed(len(self.recon["psnr"]))
         recon = self.tokenizer.decoder.sample(z_q, steps=self.decode_steps, cfg_scale=self.cfg_scale, generator=gen)
         # The metrics run in fp32 even under a bf16-mixed trainer: SSIM's Gaussian-window convolutions in bf16
-        # gave values below 0 (measured, experiments/LOG.md 2026-12-05).
+        # gave values below 0 (measured, experiments/LOG.md 2026-12-04).
         with torch.autocast(device_type=images.device.type, enabled=False):
             self.recon["psnr"] += psnr(recon.float(), images).tolist()
             self.recon["ssim"] += ssim(recon.float(), images, data_range=1.0, reduction="none").tolist()  # per image

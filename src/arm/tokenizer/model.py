@@ -81,7 +81,7 @@ class AttentionPool(nn.Module):
     One learned query attends over the tokens (pre-normed keys/values), then a residual SwiGLU MLP. Why a learned
     pooling for L_sig: a fixed mean or max pool makes every patch's z_q carry the caption's semantics in the same
     few directions, which the pixel decoder then has to read through; a learned head lets the pooling adapt to the
-    codes instead (experiments/LOG.md, 2026-12-04/05)."""
+    codes instead (experiments/LOG.md, 2026-12-04)."""
 
     def __init__(self, dim: int, num_heads: int) -> None:
         super().__init__()

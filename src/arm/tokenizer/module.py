@@ -24,7 +24,7 @@ reach z_q through the frozen LM); the linear probe is computed by ``arm tokenize
 train features.
 
 Knobs beyond the paper, off by default (the paper's recipe) and set in the embedded default's YAML by measurement
-(experiments/LOG.md, 2026-12-05): ``semantic_grad_scale`` < 1 lets L_cap, L_sig and L_feat reach the FSQ encoder
+(experiments/LOG.md, 2026-12-04): ``semantic_grad_scale`` < 1 lets L_cap, L_sig and L_feat reach the FSQ encoder
 with a scaled gradient (the layers after FSQ get theirs in full), so the codes stay fitted to the pixels;
 ``sig_pool="map"`` pools z_q for L_sig with a learned attention head rather than the teacher's fixed pooling.
 """
@@ -63,7 +63,7 @@ class TokenizerModule(L.LightningModule):
             its features) or ``"map"`` (a learned attention-pooling head, ``arm.tokenizer.model.AttentionPool``).
         semantic_grad_scale: factor on the gradient that L_cap, L_sig and L_feat send through the codes into the
             projection's encoder (the symmetric projection after FSQ and the heads get it in full; L_pix always
-            in full). 1 is the paper; less keeps the codes for the pixels (experiments/LOG.md, 2026-12-05).
+            in full). 1 is the paper; less keeps the codes for the pixels (experiments/LOG.md, 2026-12-04).
         lr, weight_decay, warmup_steps, betas: AdamW with warm-up and cosine decay to ``trainer.max_steps``.
         caption_max_len: caption tokens kept for L_cap.
         caption_batch: in training, L_cap reads only the first ``caption_batch`` samples of each batch (0 = all): an
@@ -102,6 +102,10 @@ class TokenizerModule(L.LightningModule):
         inception_weights: str | None = None,
     ) -> None:
         super().__init__()
+        if not 0.0 <= semantic_grad_scale <= 1.0:
+            raise ValueError(f"model.semantic_grad_scale must lie in [0, 1] (1 = the paper), got {semantic_grad_scale}")
+        if caption_batch < 0:
+            raise ValueError(f"model.caption_batch must be >= 0 (0 = every caption), got {caption_batch}")
         self.save_hyperparameters()
         self.teacher = load_tokenizer_teacher(teacher_dir).requires_grad_(False)
         self.lm, self.lm_tokenizer = None, None
@@ -172,8 +176,6 @@ class TokenizerModule(L.LightningModule):
         if images.ndim != 4 or tuple(images.shape[1:]) != (3, size, size):
             raise ValueError(f"the data's images have shape {tuple(images.shape[1:])} but the tokenizer decodes "
                              f"(3, {size}, {size}): set model.decoder.image_size to the data's image size")
-        if not 0.0 <= hp.semantic_grad_scale <= 1.0:
-            raise ValueError(f"semantic_grad_scale must lie in [0, 1], got {hp.semantic_grad_scale}")
         with torch.no_grad():
             feats = self.teacher.patch_features(images)  # (B, N, F)
         semantic = hp.w_feat > 0 or hp.w_sig > 0 or hp.w_cap > 0

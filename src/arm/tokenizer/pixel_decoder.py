@@ -145,6 +145,8 @@ class PixelDiT(nn.Module):
             raise ValueError(f"image_size {config.image_size} is not a multiple of patch_size {config.patch_size}")
         if config.prediction not in ("v", "x"):
             raise ValueError(f"prediction must be 'v' or 'x', got {config.prediction!r}")
+        if config.time_std <= 0:
+            raise ValueError(f"time_std must be > 0 (the logit-normal's scale), got {config.time_std}")
         if config.time_sampling not in ("logit_normal", "uniform"):
             raise ValueError(f"time_sampling must be 'logit_normal' or 'uniform', got {config.time_sampling!r}")
         self.config, self.cond_dim = config, cond_dim
