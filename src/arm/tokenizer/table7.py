@@ -36,7 +36,8 @@ def variant_name(sig: bool, feat: bool) -> str:
 
 def run_table7(out: str = "results", demo: str = "results/demo", seed: int = 0, steps: int | None = None) -> dict:
     """Train and evaluate the four variants (skipping finished ones) and write table7.json / table7.md."""
-    from arm.demo import _git_hash, run_demo
+    from arm.demo import run_demo
+    from arm.eval.results import git_hash
     from arm.pipeline import run_fit
     from arm.tokenizer.tools import run_eval
 
@@ -62,7 +63,7 @@ def run_table7(out: str = "results", demo: str = "results/demo", seed: int = 0, 
             write_json_atomic(eval_path, report)
         rows[name] = {"l_sig": sig, "l_feat": feat, **json.loads(eval_path.read_text())}
     result = {"rows": rows, "paper": {variant_name(*k): v for k, v in PAPER_ROWS.items()}, "seed": seed,
-              "git": _git_hash(), "date": datetime.date.today().isoformat(),
+              "git": git_hash(), "date": datetime.date.today().isoformat(),
               "config": "experiments/tokenizer/shapeworld.yaml", "world": str(world)}
     write_json_atomic(Path(out) / "table7.json", result)
     write_atomic(Path(out) / "table7.md", markdown(result).encode())
