@@ -13,7 +13,6 @@ The ordering of rows is reported as measured, with a note where it differs from 
 
 from __future__ import annotations
 
-import argparse
 import datetime
 import json
 from pathlib import Path
@@ -39,6 +38,7 @@ def run_table7(out: str = "results", demo: str = "results/demo", seed: int = 0, 
     from arm.demo import run_demo
     from arm.eval.results import git_hash
     from arm.pipeline import run_fit
+    from arm.tokenizer.cli import _utility_parser
     from arm.tokenizer.tools import run_eval
 
     demo_dir = Path(demo)
@@ -55,9 +55,10 @@ def run_table7(out: str = "results", demo: str = "results/demo", seed: int = 0, 
             trainer = {"max_steps": steps} if steps else None
             seconds = run_fit("tokenizer", "experiments/tokenizer/shapeworld.yaml", run_dir, model,
                               {"data_dir": str(world), "seed": seed}, trainer)
-            run_eval(argparse.Namespace(ckpt=str(run_dir / "tokenizer"), data=str(world), out=str(eval_path),
-                                        num_val=1000, num_probe_train=2000, recon_images=256, steps=10, cfg=1.0,
-                                        batch_size=64))
+            # Through the real `arm tokenizer eval` parser, so every option it defines gets its default here too.
+            run_eval(_utility_parser().parse_args(["eval", "--ckpt", str(run_dir / "tokenizer"), "--data", str(world),
+                                                   "--out", str(eval_path), "--num-val", "1000", "--num-probe-train",
+                                                   "2000", "--recon-images", "256"]))
             report = json.loads(eval_path.read_text())
             report["train_seconds"] = round(seconds, 1)
             write_json_atomic(eval_path, report)
