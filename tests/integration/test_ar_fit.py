@@ -100,10 +100,11 @@ def test_fit_logs_resumes_and_exports(tiny_world, parts, tmp_path):
     for key in ("train/loss", "train/loss_text", "train/loss_image", "train/tokens_per_s", "train/padding",
                 "val/loss", "val/ppl_text", "val/ppl_image", "val/loss_t2i", "val/loss_edit", "val/loss_vqa"):
         assert key in metrics, key
-    # Four steps from initialisation: perplexities are near uniform over each head's ids (measured 18 of 32 image
-    # codes, 333 of the text rows), never below 1 and not far above uniform (NaN fails every comparison).
+    # Four steps from initialisation: the image head is already below uniform over its codes (measured 18 of 32),
+    # the text head still near uniform over its rows (measured 333 of 300); never below 1, and NaN fails every
+    # comparison.
     cfg = cli.model.config
-    assert 1.0 < float(metrics["val/ppl_image"]) < 1.5 * cfg.num_image_codes
+    assert 1.0 < float(metrics["val/ppl_image"]) < cfg.num_image_codes
     assert 1.0 < float(metrics["val/ppl_text"]) < 1.5 * cfg.text_vocab_size
     if _has_sampler():
         for key in ("val/vqa_acc", "val/mme_acc", "val/mme_acc_plus"):
