@@ -35,8 +35,12 @@ bench: setup
 		$(VENV)/bin/arm bench --out results/bench.json
 
 # One CUDA GPU: ~1B AR model, bf16, FSDP2, tokens/s and MFU against a bf16 matmul peak measured in the same run.
-bench-gpu: setup
-	$(PY) scripts/bench_gpu.py --out results/bench_gpu.json
+# On a GPU machine whose Python already has torch and lightning (no registry to install from), skip the venv:
+# `make bench-gpu GPU_PY=python3`. Two runs: fp32 parameters under autocast, then FSDP2 gathering them in bf16.
+GPU_PY ?=
+bench-gpu: $(if $(GPU_PY),,setup)
+	PYTHONPATH=src $(or $(GPU_PY),$(PY)) scripts/bench_gpu.py --param-dtype fp32 --out results/bench_gpu_fp32_params.json
+	PYTHONPATH=src $(or $(GPU_PY),$(PY)) scripts/bench_gpu.py --param-dtype bf16 --out results/bench_gpu.json
 
 table7: setup
 	$(VENV)/bin/arm tokenizer table7 --out results --demo results/demo

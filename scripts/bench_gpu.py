@@ -5,6 +5,8 @@ What it does, in one process on one GPU:
 2. builds an ``ARDecoder`` of about 1B parameters (``BENCH_CONFIG``: 16 layers, width 2048, GQA 16/8 heads,
    SwiGLU 5632, 32,000 text ids + 16,384 image codes), shards it with ``arm.parallel.parallelize`` on a 1-GPU
    mesh (the FSDP2 code path of the cluster YAMLs; with one rank nothing is actually split), AdamW (foreach);
+   ``--param-dtype bf16`` makes FSDP2 gather parameters in bf16 (torchtitan's mixed-precision policy) instead of
+   keeping fp32 parameters that autocast casts at every matmul (Lightning's ``bf16-mixed``, the YAMLs' default);
 3. trains on random token sequences (first half text ids scored by the text head, second half image codes scored
    by the image head), ``--warmup`` untimed steps then ``--steps`` timed ones;
 4. writes tokens/s, model TFLOP/s and MFU = model FLOP/s / measured peak to ``--out`` (JSON, with the device,
@@ -105,6 +107,9 @@ def random_batch(config: ARConfig, batch: int, seq_len: int, generator: torch.Ge
 
 
 def _git_hash() -> str:
+    """HEAD's hash; ``ARM_GIT_HASH`` when set (a copy of the tree without ``.git``, as on a borrowed GPU machine)."""
+    if os.environ.get("ARM_GIT_HASH"):
+        return os.environ["ARM_GIT_HASH"]
     try:
         return subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
@@ -120,7 +125,8 @@ def run(args: argparse.Namespace) -> dict:
     with torch.device("cuda"):
         model = ARDecoder(BENCH_CONFIG)
     num_params = sum(p.numel() for p in model.parameters())
-    parallelize(model, mesh, model.body.blocks, args.activation_checkpointing)
+    param_dtype = {"fp32": None, "bf16": torch.bfloat16}[args.param_dtype]
+    parallelize(model, mesh, model.body.blocks, args.activation_checkpointing, param_dtype=param_dtype)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, betas=(0.9, 0.95))  # foreach, as the stages use
     gen = torch.Generator().manual_seed(0)
     for _ in range(args.warmup):
@@ -130,6 +136,9 @@ def run(args: argparse.Namespace) -> dict:
     start = time.perf_counter()
     for step in range(args.steps):
         loss = train_step(model, optimizer, batches[step % len(batches)])
+        if (step + 1) % 50 == 0:  # progress; the .item() syncs, which costs one step's pipelining per 50 steps
+            print(f"step {step + 1}/{args.steps}: loss {loss.item():.3f}, "
+                  f"{(step + 1) * args.batch * args.seq_len / (time.perf_counter() - start):,.0f} tokens/s", flush=True)
     torch.cuda.synchronize()
     seconds = time.perf_counter() - start
     tokens_per_s = args.steps * args.batch * args.seq_len / seconds
@@ -152,6 +161,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch", type=int, default=8, help="sequences per step")
     parser.add_argument("--seq-len", type=int, default=2048, help="tokens per sequence")
     parser.add_argument("--activation-checkpointing", action="store_true", help="recompute block activations")
+    parser.add_argument("--param-dtype", choices=("fp32", "bf16"), default="fp32",
+                        help="FSDP2 compute dtype of parameters: fp32 + autocast (bf16-mixed) or gathered in bf16")
     parser.add_argument("--out", default="results/bench_gpu.json", help="JSON report")
     args = parser.parse_args(argv)
     if not torch.cuda.is_available():  # before anything is built or measured
@@ -161,7 +172,8 @@ def main(argv: list[str] | None = None) -> int:
     write_json_atomic(args.out, report)
     print(f"{report['device']}: {report['tokens_per_s']:,.0f} tokens/s, {report['model_tflops']:.1f} model TFLOP/s, "
           f"MFU {report['mfu']:.1%} of a measured bf16 matmul peak of {report['bf16_matmul_peak_tflops']:.0f} "
-          f"TFLOP/s ({report['config']['parameters'] / 1e9:.2f}B parameters) -> {args.out}")
+          f"TFLOP/s ({report['config']['parameters'] / 1e9:.2f}B parameters, parameters in {args.param_dtype}, "
+          f"peak memory {report['peak_memory_gib']:.1f} GiB) -> {args.out}")
     return 0
 
 
