@@ -38,9 +38,10 @@ bench: setup
 # On a GPU machine whose Python already has torch and lightning (no registry to install from), skip the venv:
 # `make bench-gpu GPU_PY=python3`. Two runs: fp32 parameters under autocast, then FSDP2 gathering them in bf16.
 GPU_PY ?=
+BENCH_GPU_ARGS ?=
 bench-gpu: $(if $(GPU_PY),,setup)
-	PYTHONPATH=src $(or $(GPU_PY),$(PY)) scripts/bench_gpu.py --param-dtype fp32 --out results/bench_gpu_fp32_params.json
-	PYTHONPATH=src $(or $(GPU_PY),$(PY)) scripts/bench_gpu.py --param-dtype bf16 --out results/bench_gpu.json
+	PYTHONPATH=src $(or $(GPU_PY),$(PY)) scripts/bench_gpu.py --param-dtype fp32 --out results/bench_gpu_fp32_params.json $(BENCH_GPU_ARGS)
+	PYTHONPATH=src $(or $(GPU_PY),$(PY)) scripts/bench_gpu.py --param-dtype bf16 --out results/bench_gpu.json $(BENCH_GPU_ARGS)
 
 table7: setup
 	$(VENV)/bin/arm tokenizer table7 --out results --demo results/demo
