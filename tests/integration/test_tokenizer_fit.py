@@ -68,6 +68,11 @@ def test_fit_export_eval_encode_decode(parts, export, tmp_path):
         assert key in metrics, key
     assert 0 < metrics["code_usage"] <= 1 and metrics["code_perplexity"] >= 1
     assert "rfid" not in metrics  # no Inception weights configured: never call the teacher FD an FID
+    assert metrics["readout"] == "head"  # tiny.yaml trains L_sig, so its sigmoid head is what zero-shot reads
+
+    forced = tmp_path / "eval_teacher.json"
+    assert main(_eval_args(parts, export, forced, "--readout", "teacher")) == 0
+    assert json.loads(forced.read_text())["readout"] == "teacher"
 
     codes_dir = tmp_path / "codes"
     assert main(["encode", "--ckpt", str(export), "--shards", str(parts / "world" / "val"),
@@ -97,6 +102,10 @@ def test_zero_weight_removes_branch(parts, monkeypatch):
     parts_, _, _ = module.losses(torch.rand(2, 3, 64, 64), ["a red circle", "a blue square"])
     assert set(parts_) == {"sig", "feat"} and not called
     assert module.lm is None  # no LM loaded when L_cap is off
+    assert module.model.config.readout == "head"
+    # Without L_sig nothing trains the sigmoid head: zero-shot and the probes read z_q the teacher's way.
+    no_sig = TokenizerModule(str(parts / "teacher"), lm_dir=None, levels=[4, 4, 3], w_cap=0.0, w_sig=0.0)
+    assert no_sig.model.config.readout == "teacher"
 
 
 def test_caption_batch_feeds_the_lm_a_subset_in_training_only(parts, monkeypatch):

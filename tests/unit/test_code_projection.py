@@ -147,3 +147,42 @@ def test_quantize_scaled_scales_only_the_encoders_gradient():
     torch.testing.assert_close(enc_s, scale * enc_1, atol=1e-6, rtol=1e-4)  # the encoder: scaled
     torch.testing.assert_close(dec_s, dec_1)  # the symmetric projection after FSQ: in full
     assert enc_0.abs().max() == 0 and enc_1.abs().max() > 0
+
+
+def test_readout_teacher_reads_z_q_as_the_teacher_reads_its_own_features():
+    """Under readout "teacher", zero-shot is the teacher's own zero-shot when z_q equals its patch features, and the
+    probes get the teacher's pooling; under "head" both go through the (MAP-pooled) sigmoid head."""
+    from arm.teacher.model import DualEncoder, TeacherConfig
+    from arm.tokenizer.evaluate import TokenizerEvaluator
+    from arm.tokenizer.model import SemanticTokenizer, TokenizerConfig
+    from arm.tokenizer.pixel_decoder import PixelDiTConfig
+
+    torch.manual_seed(int(torch.randint(0, 10_000, ()).item()))
+    teacher = DualEncoder(TeacherConfig(image_size=16, patch_size=4, image_dim=16, image_layers=1, image_heads=2,
+                                        text_dim=16, text_layers=1, text_heads=2, embed_dim=8, vocab_size=64,
+                                        pool="max")).eval()
+
+    def config(readout):
+        return TokenizerConfig(levels=[3, 3], projection=TransformerConfig(dim=16, num_layers=1, num_heads=2),
+                               decoder=PixelDiTConfig(image_size=16, patch_size=4, dim=48, num_layers=1, num_heads=2),
+                               feature_dim=16, text_embed_dim=8, pool="max", sig_pool="map", readout=readout)
+
+    images = torch.rand(3, 3, 16, 16)
+    with torch.no_grad():
+        feats = teacher.patch_features(images)  # (3, 16, 16): stands in for a z_q equal to the teacher's features
+        by_teacher = SemanticTokenizer(config("teacher")).eval()
+        head = SemanticTokenizer(config("head")).eval()
+        ev = TokenizerEvaluator.__new__(TokenizerEvaluator)  # only zero_shot_embedding: no prompts or decoder needed
+        ev.teacher, ev.tokenizer = teacher, by_teacher
+        torch.testing.assert_close(ev.zero_shot_embedding(feats), teacher.image_embedding(images))
+        torch.testing.assert_close(by_teacher.probe_features(feats), feats.amax(dim=1))
+        ev.tokenizer = head
+        torch.testing.assert_close(ev.zero_shot_embedding(feats), head.pooled_embedding(feats))
+        torch.testing.assert_close(head.probe_features(feats), head.sig_pool(feats))
+    assert TokenizerConfig.from_json(config("teacher").to_json()).readout == "teacher"
+    old = config("head").to_json()
+    del old["readout"]  # an export written before the field existed reads as "head"
+    assert TokenizerConfig.from_json(old).readout == "head"
+    with pytest.raises(ValueError, match="readout must be") as err:
+        SemanticTokenizer(config("pooled"))
+    assert "\n" not in str(err.value)

@@ -24,6 +24,13 @@ def test_markdown_rows_and_notes():
     assert "- PSNR: our order sig0_feat0 > sig1_feat1 > sig0_feat1 > sig1_feat0 differs" in text
     # Zero-shot: ours (sig+feat) 85 > (sig) 80 > (feat) 45 > (none) 40 is the paper's order too.
     assert "- zero-shot: same order as the paper." in text
+    # Each row's readout is stated; rows that lack the key (older eval files) read through the head.
+    result = _result([15.0, 9.0, 17.0, 19.0])
+    for name in ("sig0_feat0", "sig0_feat1"):
+        result["rows"][name]["readout"] = "teacher"
+    text = markdown(result)
+    assert "- zero-shot and probes of sig0_feat0, sig0_feat1: through the teacher's own pooling" in text
+    assert "- zero-shot and probes of sig1_feat0, sig1_feat1: through the sigmoid head that L_sig trains." in text
 
 
 def test_run_table7_trains_each_variant_once_and_writes_both_files(tmp_path, monkeypatch):

@@ -116,6 +116,7 @@ def sample_grids(model, builder, tokenizer_bundle, samples: Sequence[dict], cfg:
                  top_k: int, decode_steps: int, generator=None) -> dict:
     """TensorBoard grids (3, H, W) in [0, 1]: ``t2i`` (generated over decoded ground truth) and ``edit``
     (source, edited, target rows), every image decoded by the image tokenizer."""
+    import numpy as np
     import torch
     from torchvision.utils import make_grid
 
@@ -123,6 +124,8 @@ def sample_grids(model, builder, tokenizer_bundle, samples: Sequence[dict], cfg:
     device = next(model.parameters()).device
 
     def decode(codes) -> torch.Tensor:
+        if isinstance(codes, (list, tuple)) and codes and not torch.is_tensor(codes[0]):
+            codes = np.stack([np.asarray(c) for c in codes])  # a list of arrays: one array, not a slow element copy
         codes = torch.as_tensor(codes, dtype=torch.long, device=device)
         return tokenizer_bundle.decode(codes, decode_steps, 1.0, generator).float().clamp(0, 1).cpu()
 

@@ -33,6 +33,9 @@ def _utility_parser() -> argparse.ArgumentParser:
     ev.add_argument("--steps", type=int, default=10, help="decoder Euler steps")
     ev.add_argument("--cfg", type=float, default=1.0, help="decoder-side CFG scale")
     ev.add_argument("--batch-size", type=int, default=64)
+    ev.add_argument("--readout", choices=("export", "head", "teacher"), default="export",
+                    help="how zero-shot and the probes read z_q: as the export records (head when it was trained "
+                         "with L_sig, the teacher's pooling and projection without), or forced")
     ev.add_argument("--inception-weights", default=None,
                     help="local torch-fidelity InceptionV3 weights file: adds rfid (else only fd_teacher, not an FID)")
     enc = sub.add_parser("encode", help="write code shards (webdataset) for the AR stage",

@@ -57,7 +57,7 @@ class TokenizerEvaluator:
             self.sums[name] = self.sums.get(name, 0.0) + float(value) * bs
         self.hist += code_histogram(indices.cpu(), self.tokenizer.codebook_size)
         if metas is not None:
-            emb = self.tokenizer.pooled_embedding(z_q)  # (B, E)
+            emb = self.zero_shot_embedding(z_q)  # (B, E)
             for field, (names, text) in self.prompts.items():
                 pred = (emb @ text.T).argmax(dim=1).tolist()
                 for i, meta in enumerate(metas):
@@ -66,6 +66,13 @@ class TokenizerEvaluator:
                         self.zero_shot[field][0] += int(names[pred[i]] == label)
                         self.zero_shot[field][1] += 1
         self._reconstruct(images, z_q, metas)
+
+    def zero_shot_embedding(self, z_q: torch.Tensor) -> torch.Tensor:
+        """Pooled, normalised z_q (B, E) to score against the teacher's text embeddings: through the tokenizer's
+        sigmoid head, or through the teacher's own pooling and projection under ``readout == "teacher"``."""
+        if self.tokenizer.config.readout == "teacher":
+            return self.teacher.pool(z_q)
+        return self.tokenizer.pooled_embedding(z_q)
 
     def _reconstruct(self, images: torch.Tensor, z_q: torch.Tensor, metas: list[dict] | None) -> None:
         from torchmetrics.functional.image import structural_similarity_index_measure as ssim

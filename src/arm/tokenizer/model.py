@@ -49,6 +49,12 @@ class TokenizerConfig:
         sig_pool: ``"teacher"`` pools z_q as ``pool`` says before the sigmoid head's linear map; ``"map"`` pools it
             with a learned attention-pooling head instead (SigLIP's MAP head, Zhai et al. 2023: one learned query
             attends over the N tokens, then a residual MLP), which then also gives the probes their pooled z_q.
+        readout: how zero-shot and the linear probes read z_q. ``"head"``: through the sigmoid head (and the MAP
+            pool, if any) that L_sig trains. ``"teacher"``: as the teacher reads its own patch features (its pooling
+            and image projection for zero-shot, its pooling for the probes); the module sets it when ``w_sig == 0``,
+            because then that head is never trained and reading through it measures a random projection. This is
+            how a tokenizer distilled by L_feat alone can still be scored zero-shot (the paper's Table 7 row
+            "L_feat only", 58.1).
     """
 
     levels: list[int] = field(default_factory=lambda: [4, 4, 4, 4, 4, 4])
@@ -59,6 +65,7 @@ class TokenizerConfig:
     lm_dim: int = 0
     pool: str = "mean"
     sig_pool: str = "teacher"
+    readout: str = "head"
 
     @property
     def codebook_size(self) -> int:
@@ -72,7 +79,7 @@ class TokenizerConfig:
         return TokenizerConfig(levels=list(d["levels"]), projection=TransformerConfig(**d["projection"]),
                                decoder=PixelDiTConfig(**d["decoder"]), feature_dim=d["feature_dim"],
                                text_embed_dim=d["text_embed_dim"], lm_dim=d["lm_dim"], pool=d.get("pool", "mean"),
-                               sig_pool=d.get("sig_pool", "teacher"))
+                               sig_pool=d.get("sig_pool", "teacher"), readout=d.get("readout", "head"))
 
 
 class AttentionPool(nn.Module):
@@ -118,6 +125,9 @@ class SemanticTokenizer(nn.Module):
         if config.sig_pool not in ("teacher", "map"):
             raise ValueError(f"sig_pool must be 'teacher' (pool z_q as the teacher does) or 'map' (a learned "
                              f"attention-pooling head), got {config.sig_pool!r}")
+        if config.readout not in ("head", "teacher"):
+            raise ValueError(f"readout must be 'head' (the sigmoid head L_sig trains) or 'teacher' (read z_q as the "
+                             f"teacher reads its features), got {config.readout!r}")
         self.config = config
         self.projection = CodeProjection(config.feature_dim, len(config.levels), config.levels, config.projection)
         self.decoder = PixelDiT(config.feature_dim, config.decoder)
@@ -154,6 +164,11 @@ class SemanticTokenizer(nn.Module):
         if self.sig_pool is not None:
             return self.sig_pool(z_q)
         return pool_patches(z_q, self.config.pool)
+
+    def probe_features(self, z_q: torch.Tensor) -> torch.Tensor:
+        """z_q (B, N, F) -> (B, F) for the linear probes: ``pool`` under ``readout == "head"``, else the teacher's
+        fixed pooling (a MAP head that no loss trained would only scramble the features)."""
+        return self.pool(z_q) if self.config.readout == "head" else pool_patches(z_q, self.config.pool)
 
     def pooled_embedding(self, z_q: torch.Tensor) -> torch.Tensor:
         """L2-normalised embedding (B, E) of pooled z_q, comparable with the teacher's text embeddings."""

@@ -16,7 +16,9 @@ parses the reconstruction to the same scene), ``val/fd_teacher`` (Fréchet dista
 patch features of originals and reconstructions: not FID) and, when ``inception_weights`` names a local
 torch-fidelity Inception file, ``val/rfid`` (FID between those originals and reconstructions); over the whole val set ``val/code_usage``,
 ``val/code_perplexity``, ``val/zero_shot_color_acc``, ``val/zero_shot_shape_acc`` (pooled z_q against the teacher's
-text embeddings of "a {colour} shape" / "a {class}", scored on images whose objects share the label), and
+text embeddings of "a {colour} shape" / "a {class}", scored on images whose objects share the label; read through
+the sigmoid head, or, when ``w_sig == 0`` leaves that head untrained, through the teacher's own pooling and image
+projection: ``TokenizerConfig.readout``), and
 ``val/caption_ppl``. A reconstruction grid (originals over reconstructions) goes to TensorBoard.
 
 Deliberate simplifications: the teacher and LM run in eval mode without gradients into their weights (gradients
@@ -126,6 +128,9 @@ class TokenizerModule(L.LightningModule):
             feature_dim=tc.image_dim, text_embed_dim=tc.embed_dim,
             lm_dim=self.lm.config.dim if self.lm is not None else 0,
             pool=getattr(tc, "pool", "mean"), sig_pool=sig_pool,
+            # Without L_sig the sigmoid head stays random: read z_q the teacher's way, where the teacher can pool
+            # patch features itself (ours can; a CLIP teacher's embedding needs its class token, so it cannot).
+            readout="teacher" if w_sig == 0 and callable(getattr(self.teacher, "pool", None)) else "head",
         )
         # A teacher that resizes its input (CLIP) lets the decoder work at the data's resolution; the others read
         # images at their own size only, so the data, the teacher and the decoder share it.

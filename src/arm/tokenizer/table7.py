@@ -99,10 +99,21 @@ def markdown(result: dict) -> str:
             f"| {probe.get('color', float('nan')):.3f} / {probe.get('shape', float('nan')):.3f} / "
             f"{probe.get('count', float('nan')):.3f} "
             f"| {row.get('semantic_recon_acc', float('nan')):.3f} |")
-    lines += ["", "Notes:", *ordering_notes(result), "",
+    lines += ["", "Notes:", *ordering_notes(result), *readout_notes(result), "",
               f"Ours: ShapeWorld val, `{result['config']}`, seed {result['seed']}, git {result['git'][:10]}, "
               f"{result['date']}. Zero-shot = mean of colour and shape zero-shot accuracy (paper: ImageNet)."]
     return "\n".join(lines) + "\n"
+
+
+def readout_notes(result: dict) -> list[str]:
+    """How each row's zero-shot and probes read z_q (``arm tokenizer eval``'s ``readout``)."""
+    by = {}
+    for sig, feat in VARIANTS:
+        by.setdefault(result["rows"][variant_name(sig, feat)].get("readout", "head"), []).append(variant_name(sig, feat))
+    text = {"head": "through the sigmoid head that L_sig trains",
+            "teacher": "through the teacher's own pooling and image projection (no L_sig: the tokenizer's sigmoid "
+                       "head is untrained), as distilled features are read in the paper's L_feat-only row"}
+    return [f"- zero-shot and probes of {', '.join(names)}: {text.get(kind, kind)}." for kind, names in by.items()]
 
 
 def ordering_notes(result: dict) -> list[str]:

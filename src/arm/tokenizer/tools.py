@@ -47,6 +47,11 @@ def run_eval(ns: argparse.Namespace) -> int:
 
     bundle = _load(ns.ckpt)
     tok = bundle.tokenizer
+    if ns.readout != "export":  # re-score an export written before it recorded its readout, or compare the two
+        if ns.readout == "teacher" and not callable(getattr(bundle.teacher, "pool", None)):
+            raise SystemExit(f"arm tokenizer eval: error: --readout teacher needs a teacher that pools its own patch "
+                             f"features ({type(bundle.teacher).__name__} does not): use --readout head")
+        tok.config.readout = ns.readout
     lm = lm_tokenizer = None
     with open(os.path.join(ns.ckpt, "config.json")) as f:
         lm_dir = json.load(f).get("lm_dir")
@@ -78,7 +83,7 @@ def run_eval(ns: argparse.Namespace) -> int:
                     parts["cap"] = prefix_caption_loss(lm, tok.cap_adapter(z_q), ids, mask)
             if evaluate:
                 evaluator.update(images, batch["meta"], z_q, indices, parts)
-            feats.append(tok.pool(z_q))
+            feats.append(tok.probe_features(z_q))
             metas += batch["meta"]
         return torch.cat(feats), metas
 
@@ -95,6 +100,7 @@ def run_eval(ns: argparse.Namespace) -> int:
         "num_probe_train": len(train_meta),
         "decode_steps": ns.steps,
         "decoder_cfg": ns.cfg,
+        "readout": tok.config.readout,
         "ckpt": os.path.abspath(ns.ckpt),
         "seconds": round(time.perf_counter() - started, 1),
     }
