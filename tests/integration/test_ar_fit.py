@@ -159,6 +159,29 @@ def test_vocabulary_mismatch_is_a_one_line_error(tiny_world, parts, tmp_path):
                  overrides={"num_image_codes": 3})
 
 
+
+def test_compile_blocks_matches_eager_and_refuses_untested_combinations(tiny_world, parts):
+    """``compile_blocks`` compiles the no-cache path in ``configure_model``; the scored NLLs match eager ones."""
+    from arm.ar.module import ARModule, token_nll
+
+    module = ARModule(str(tiny_world / "tokenizer.json"), str(parts / "tokenizer"), preset="tiny",
+                      compile_blocks=True)
+    module.configure_model()
+    model = module.model
+    assert model.body.compiled_blocks is not None and len(model.body.compiled_blocks) == len(model.body.blocks)
+    gen = torch.Generator().manual_seed(int(torch.randint(0, 10_000, ()).item()))
+    ids = torch.randint(0, model.config.vocab_size, (3, 12), generator=gen)
+    mask = torch.ones_like(ids, dtype=torch.bool)
+    compiled = token_nll(model, ids, mask)
+    model.body.compiled_blocks = None  # the same weights, eager
+    eager = token_nll(model, ids, mask)
+    for key in ("image", "text"):
+        torch.testing.assert_close(compiled[key], eager[key], atol=1e-4, rtol=1e-4)
+    assert not any("compiled_blocks" in key for key in model.state_dict())  # exports are unchanged
+    with pytest.raises(ValueError, match="compile_blocks with activation_checkpointing"):
+        ARModule(str(tiny_world / "tokenizer.json"), str(parts / "tokenizer"), preset="tiny", compile_blocks=True,
+                 activation_checkpointing=True)
+
 @needs_sampler
 def test_commands_on_the_tiny_export(tiny_world, parts, tmp_path, capsys):
     from arm.cli import main as arm

@@ -112,6 +112,7 @@ class ARModule(L.LightningModule):
         betas: tuple[float, float] = (0.9, 0.95),
         warmup_steps: int = 100,
         activation_checkpointing: bool = False,
+        compile_blocks: bool = False,
         val_generate: int = 64,
         grid_images: int = 8,
         val_cfg: float = 2.0,
@@ -141,6 +142,10 @@ class ARModule(L.LightningModule):
             betas: AdamW betas (ARM: 0.9, 0.95).
             warmup_steps: linear warm-up steps before the cosine decay.
             activation_checkpointing: recompute block activations in backward (with ``ModelParallelStrategy``).
+            compile_blocks: ``torch.compile`` each transformer block for the no-cache passes (training and val
+                scoring; ``arm.ar.model.compile_for_training``); cached sampling stays eager. ``make bench``
+                measures the step ratio; the first steps pay the compilation. Single-process only (not with
+                ``ModelParallelStrategy``, where it is untested).
             val_generate: val images whose VQA and MME questions are answered by greedy decoding (0 = skip).
             grid_images: images per TensorBoard grid (0 = no grids).
             val_cfg: CFG scale of the val text-to-image grid, and the text scale of the edit grid.
@@ -162,6 +167,8 @@ class ARModule(L.LightningModule):
                 raise ValueError(f"image_grid {image_grid} differs from the tokenizer export's grid {export_grid}; "
                                  f"leave image_grid unset")
             num_image_codes, grid = codebook, export_grid
+        if compile_blocks and activation_checkpointing:
+            raise ValueError("compile_blocks with activation_checkpointing is untested: set one of them to false")
         if not num_image_codes or grid is None:
             raise ValueError("the AR model needs the image codebook and grid: set model.tokenizer_export (or both "
                              "model.num_image_codes and model.image_grid)")
@@ -204,8 +211,15 @@ class ARModule(L.LightningModule):
         if self.device_mesh is not None:
             from arm.parallel import parallelize
 
+            if self.hparams.compile_blocks:
+                raise ValueError("model.compile_blocks is single-process only: it is untested under "
+                                 "ModelParallelStrategy (FSDP2); set model.compile_blocks false")
             parallelize(self.model, self.device_mesh["data_parallel"], self.model.body.blocks,
                         self.hparams.activation_checkpointing)
+        elif self.hparams.compile_blocks and self.model.body.compiled_blocks is None:
+            from arm.ar.model import compile_for_training
+
+            compile_for_training(self.model)
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         rows = checkpoint.get("state_dict", {}).get("model.embed.weight")
