@@ -212,7 +212,10 @@ def _tokenizer_eval_stage(world: Path, out_dir: Path) -> dict:
          "256", "--batch-size", "64")
     report = json.loads((out_dir / "tokenizer_eval.json").read_text())
     keys = ("psnr", "semantic_recon_acc", "code_usage", "zero_shot_acc", "probe_acc", "fd_teacher", "rfid")
-    return {k: report[k] for k in keys if k in report}
+    out = {k: report[k] for k in keys if k in report}
+    if "geneval_recon" in report:  # the generation ceiling through these codes
+        out["geneval_recon_overall"] = report["geneval_recon"]["overall"]
+    return out
 
 
 def _judge_stage(world: Path, out_dir: Path) -> dict:

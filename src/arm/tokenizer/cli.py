@@ -23,7 +23,11 @@ def _utility_parser() -> argparse.ArgumentParser:
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
     ev = sub.add_parser("eval", help="all tokenizer metrics on the val split, as JSON",
-                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+                        description="Every tokenizer metric on val (reconstruction, codes, zero-shot, probes, caption "
+                                    "perplexity). With a ShapeWorld bench beside the shards (DATA/bench/geneval.jsonl) "
+                                    "it also writes geneval_recon: the GenEval-protocol score of the round trip of "
+                                    "the bench's images, the ceiling of text-to-image through these codes.")
     ev.add_argument("--ckpt", required=True, help="exported tokenizer folder")
     ev.add_argument("--data", required=True, help="ShapeWorld directory (train/ and val/ shards)")
     ev.add_argument("--out", required=True, help="JSON file to write")

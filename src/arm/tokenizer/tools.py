@@ -42,7 +42,7 @@ def run_eval(ns: argparse.Namespace) -> int:
     from arm.data.datamodule import ShapeWorldStream
     from arm.data.samples import expand_shards
     from arm.eval.figures_grids import write_recon_images
-    from arm.tokenizer.evaluate import TokenizerEvaluator, linear_probes, probe_labels
+    from arm.tokenizer.evaluate import TokenizerEvaluator, geneval_reconstruction, linear_probes, probe_labels
     from arm.tokenizer.metrics import InceptionFeatures
 
     bundle = _load(ns.ckpt)
@@ -104,6 +104,10 @@ def run_eval(ns: argparse.Namespace) -> int:
         "ckpt": os.path.abspath(ns.ckpt),
         "seconds": round(time.perf_counter() - started, 1),
     }
+    bench = data / "bench"
+    if ns.recon_images > 0 and (bench / "geneval.jsonl").is_file():  # ShapeWorld: the generation ceiling
+        report["geneval_recon"] = geneval_reconstruction(bundle, bench, ns.steps, ns.cfg, ns.batch_size)
+        report["seconds"] = round(time.perf_counter() - started, 1)
     originals, recons = evaluator.recon_pairs()
     if originals:  # for `arm figures`: <dir of OUT>/recon/{orig,recon}-XXXX.png
         report["recon_dir"] = str(write_recon_images(Path(ns.out).parent, originals, recons))
