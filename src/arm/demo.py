@@ -187,7 +187,7 @@ def _codes_stage(world: Path, out_dir: Path) -> dict:
         if (target / "done.json").exists():
             continue
         arm_command("tokenizer", "encode", "--ckpt", str(out_dir / "tokenizer" / "tokenizer"), "--shards",
-             str(world / split), "--out", str(target))
+             str(world / split), "--out", str(target), "--precision", "bf16")
         counts[split] = len(list(target.glob("*.tar")))
         write_json_atomic(target / "done.json", {"shards": counts[split]})
     return {"shards": counts}

@@ -1,5 +1,6 @@
 """The tokenizer stage end to end on a tiny world: fit (four losses), export, eval JSON, encode, decode, resume."""
 
+import io
 import json
 import shutil
 from pathlib import Path
@@ -81,11 +82,26 @@ def test_fit_export_eval_encode_decode(parts, export, tmp_path):
 
     samples = list(wds.tarfile_samples([{"url": str(p)} for p in sorted(codes_dir.glob("*.tar"))]))
     assert len(samples) == 16
-    import io
 
     codes = np.load(io.BytesIO(samples[0]["codes.npy"]))
     assert codes.shape == (64,) and codes.min() >= 0 and codes.max() < 4 * 4 * 3
     assert "edit_codes.npy" in samples[0] and "json" in samples[0]
+
+    # --precision bf16 writes what the bundle's encode gives under bf16 autocast (FSQ itself stays fp32).
+    from arm.data.samples import decode_image
+    from arm.tokenizer.model import TokenizerBundle
+
+    bf16_dir = tmp_path / "codes_bf16"
+    assert main(["encode", "--ckpt", str(export), "--shards", str(parts / "world" / "val"),
+                 "--out", str(bf16_dir), "--batch-size", "8", "--precision", "bf16"]) == 0
+    bf16_samples = list(wds.tarfile_samples([{"url": str(p)} for p in sorted(bf16_dir.glob("*.tar"))]))
+    bundle = TokenizerBundle.load(str(export))
+    images = torch.stack([decode_image(s["png"]) for s in wds.tarfile_samples(
+        [{"url": str(p)} for p in sorted((parts / "world" / "val").glob("*.tar"))])][:8])
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        expected = bundle.encode(images).numpy()
+    got = np.stack([np.load(io.BytesIO(s["codes.npy"])) for s in bf16_samples[:8]])
+    np.testing.assert_array_equal(got, expected)
 
     np.save(tmp_path / "c.npy", np.stack([codes, codes]))
     assert main(["decode", "--ckpt", str(export), "--codes", str(tmp_path / "c.npy"), "--out",

@@ -46,6 +46,10 @@ def _utility_parser() -> argparse.ArgumentParser:
                          formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     enc.add_argument("--ckpt", required=True, help="exported tokenizer folder")
     enc.add_argument("--shards", required=True, help="input shards: a directory, glob or brace pattern")
+    enc.add_argument("--precision", choices=("fp32", "bf16"), default="fp32",
+                     help="teacher and projection under bf16 autocast (FSQ stays fp32): ~1.8x faster on this CPU, "
+                          "~98%% of codes equal to fp32's (the rest sit on a rounding boundary); the tokenizer "
+                          "trained under bf16-mixed saw such codes")
     enc.add_argument("--out", required=True, help="output directory for code shards")
     enc.add_argument("--batch-size", type=int, default=128)
     dec = sub.add_parser("decode", help="turn codes (.npy of shape (N,) or (B, N)) into PNG images",

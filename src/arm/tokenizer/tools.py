@@ -125,6 +125,8 @@ def run_encode(ns: argparse.Namespace) -> int:
     out = Path(ns.out)
     out.mkdir(parents=True, exist_ok=True)
     shards = expand_shards(ns.shards)
+    device_type = next(bundle.parameters()).device.type
+    autocast = torch.autocast(device_type, dtype=torch.bfloat16, enabled=ns.precision == "bf16")
     for shard in tqdm(shards, desc="encode", unit="shard"):
         target = out / Path(shard).name
         tmp = target.with_name(f".{target.name}.tmp{os.getpid()}")
@@ -134,10 +136,12 @@ def run_encode(ns: argparse.Namespace) -> int:
             for sample in wds.tarfile_samples([{"url": shard}]):
                 pending.append(sample)
                 if len(pending) == ns.batch_size:
-                    _write_codes(bundle, pending, writer, dtype)
+                    with autocast:
+                        _write_codes(bundle, pending, writer, dtype)
                     pending = []
             if pending:
-                _write_codes(bundle, pending, writer, dtype)
+                with autocast:
+                    _write_codes(bundle, pending, writer, dtype)
             writer.close()
         os.replace(tmp, target)
     print(json.dumps({"shards": len(shards), "out": str(out), "codebook_size": bundle.tokenizer.codebook_size}))
