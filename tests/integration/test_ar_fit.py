@@ -6,7 +6,6 @@ and the code shards are what ``arm tokenizer encode`` writes from the session's 
 
 from __future__ import annotations
 
-import argparse
 import json
 from pathlib import Path
 
@@ -40,6 +39,7 @@ needs_sampler = pytest.mark.skipif(not _has_sampler(), reason="arm.ar.sampling (
 @pytest.fixture(scope="module")
 def parts(tiny_world, tmp_path_factory):
     from arm.data.text_tokenizer import TextTokenizer
+    from arm.tokenizer.cli import _utility_parser
     from arm.tokenizer.tools import run_encode
 
     root = tmp_path_factory.mktemp("ar")
@@ -53,8 +53,10 @@ def parts(tiny_world, tmp_path_factory):
                              feature_dim=32, text_embed_dim=32)
     save_tokenizer(SemanticTokenizer(config), str(root / "tokenizer"), str(root / "teacher"), None)
     for split in ("train", "val"):
-        run_encode(argparse.Namespace(ckpt=str(root / "tokenizer"), shards=str(tiny_world / "world" / split),
-                                      out=str(root / "codes" / split), batch_size=32))
+        # Through the real parser, so every option `arm tokenizer encode` defines gets its default.
+        run_encode(_utility_parser().parse_args(["encode", "--ckpt", str(root / "tokenizer"), "--shards",
+                                                 str(tiny_world / "world" / split), "--out",
+                                                 str(root / "codes" / split), "--batch-size", "32"]))
     return root
 
 
