@@ -40,6 +40,9 @@ def test_eval_all_on_dummy(tmp_path, capsys):
     assert summary["mme"]["acc_plus"]["value"] == 1.0
     assert summary["pope"]["accuracy"]["value"] == 1.0  # built from vqa.jsonl's two `exists` questions
     assert "skipped" in summary["caption"]  # no world test shards next to this bench
+    # A time for every protocol that ran, none for the skipped one.
+    ran = {p for p in ("geneval", "wise", "gedit", "vqa", "mme", "pope", "caption") if "skipped" not in summary[p]}
+    assert set(summary["seconds"]) == ran and all(t >= 0 for t in summary["seconds"].values())
     pope = [json.loads(line) for line in (tmp_path / "out" / "pope" / "data" / "pope.jsonl").read_text().splitlines()]
     assert [(p["text"], p["label"]) for p in pope] == [("Is there a circle?", "yes"), ("Is there a star?", "no")]
     assert (tmp_path / "out" / "mme" / "data" / "existence.txt").is_file()

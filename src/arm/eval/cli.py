@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import time
 from pathlib import Path
 
 PROTOCOLS = ("geneval", "wise", "gedit", "vqa", "mme", "pope", "caption")
@@ -165,12 +166,15 @@ def run_eval(args: argparse.Namespace) -> int:
         if not data.is_dir():
             raise ValueError(f"`arm eval all` takes a bench folder as --data, got the file {data}")
         combined = stamp("all", config, checkpoint_hash(args.ckpt), args.seed)
+        combined["seconds"] = {}  # per protocol: where an evaluation's time goes
         for protocol in PROTOCOLS:
             path = bench_file(protocol, data, out)
             if path is None:
                 combined[protocol] = {"skipped": f"no {protocol} file in {data}"}
                 continue
+            started = time.perf_counter()
             summary = run_protocol(protocol, run, path, out / protocol, args.n)
+            combined["seconds"][protocol] = round(time.perf_counter() - started, 1)
             combined[protocol] = {k: summary[k] for k in HEADLINES[protocol] if k in summary}
         write_json_atomic(out / "summary.json", combined)
         print(json.dumps({p: {k: v["value"] if isinstance(v, dict) else v for k, v in combined[p].items()
