@@ -28,7 +28,6 @@ import argparse
 import dataclasses
 import datetime
 import os
-import subprocess
 import sys
 import time
 
@@ -36,6 +35,7 @@ import torch
 import torch.nn.functional as F
 
 from arm.ar.model import ARConfig, ARDecoder
+from arm.eval.results import git_hash
 from arm.io import write_json_atomic
 
 BENCH_CONFIG = ARConfig(text_vocab_size=32000, num_image_codes=16384, num_special_tokens=64, dim=2048, num_layers=16,
@@ -106,16 +106,6 @@ def random_batch(config: ARConfig, batch: int, seq_len: int, generator: torch.Ge
     return torch.cat([text, codes + config.image_token_offset], dim=1).cuda(non_blocking=True)
 
 
-def _git_hash() -> str:
-    """HEAD's hash; ``ARM_GIT_HASH`` when set (a copy of the tree without ``.git``, as on a borrowed GPU machine)."""
-    if os.environ.get("ARM_GIT_HASH"):
-        return os.environ["ARM_GIT_HASH"]
-    try:
-        return subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
-
-
 def run(args: argparse.Namespace) -> dict:
     from arm.parallel import parallelize
 
@@ -144,7 +134,7 @@ def run(args: argparse.Namespace) -> dict:
     tokens_per_s = args.steps * args.batch * args.seq_len / seconds
     model_tflops = tokens_per_s * model_flops_per_token(BENCH_CONFIG, args.seq_len) / 1e12
     return {
-        "device": torch.cuda.get_device_name(), "torch": torch.__version__, "git": _git_hash(),
+        "device": torch.cuda.get_device_name(), "torch": torch.__version__, "git": git_hash(),
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "config": {**vars(args), "parameters": num_params, "model": dataclasses.asdict(BENCH_CONFIG)},
         "bf16_matmul_peak_tflops": peak, "tokens_per_s": tokens_per_s, "model_tflops": model_tflops,

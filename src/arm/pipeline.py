@@ -113,5 +113,5 @@ def benchmark_summary(eval_dir: Path) -> dict:
                                for k, v in gedit.get("per_type", {}).items()}},
         "vqa": {"accuracy": metric(vqa, "accuracy")["value"], "ci95": metric(vqa, "accuracy")["ci95"]},
         "mme": {"acc": metric(mme, "acc")["value"], "acc_plus": metric(mme, "acc_plus")["value"]},
-        "seconds": read(".").get("seconds", {}),  # per protocol, from `arm eval all`'s own summary
+        "seconds": read(".").get("seconds", {}),  # per protocol, from `arm eval all`'s own OUT/summary.json
     }

@@ -41,3 +41,16 @@ def test_flops_per_token_counts_the_model_matmuls():
     seq = 10
     expected = 6 * (block_weights + head_per_token) + 12 * config.num_layers * config.dim * seq
     assert bench.model_flops_per_token(config, seq) == expected
+
+
+def test_git_hash_takes_arm_git_hash_for_a_tree_without_git(monkeypatch):
+    """The GPU machine gets the working tree without .git: the runner passes the commit in ARM_GIT_HASH."""
+    from arm.eval.results import git_hash
+
+    bench = _load()
+    commit = f"{int(torch.randint(0, 2**62, ()).item()):040x}"
+    monkeypatch.setenv("ARM_GIT_HASH", commit)
+    assert git_hash() == commit
+    assert bench.git_hash is git_hash  # the script stamps its report with the suite's one helper
+    monkeypatch.delenv("ARM_GIT_HASH")
+    assert git_hash() != commit

@@ -26,7 +26,12 @@ SAMPLES_FILE, SUMMARY_FILE = "results.jsonl", "summary.json"
 
 
 def git_hash() -> str:
-    """The suite's commit (with ``-dirty`` when tracked files differ from it), or "unknown" outside git."""
+    """The suite's commit (with ``-dirty`` when tracked files differ from it), or "unknown" outside git.
+
+    ``ARM_GIT_HASH``, when set, is returned as is: for a copy of the tree without ``.git`` (a borrowed GPU machine
+    gets the working tree only), whose runner knows the commit it copied."""
+    if os.environ.get("ARM_GIT_HASH"):
+        return os.environ["ARM_GIT_HASH"]
     root = Path(__file__).resolve().parent
     try:
         head = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10, cwd=root)
