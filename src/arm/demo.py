@@ -21,8 +21,9 @@ interrupted stage starts again (every stage writes its files atomically). Stages
 Training stages resume from their last checkpoint when cut off (``pipeline.run_fit``).
 
 Demo budgets: the stages' own YAMLs carry each issue's full budget (AR <= 15 min, RL <= 10 min); the whole demo
-must fit 30 minutes on 2 cores, so the ``Profile`` shortens the AR and RL runs and samples one image
-per GenEval prompt. The summary records what was run. Only the text-to-image RL recipe runs here; ``make table8``
+must fit 30 minutes on 2 cores, so the ``Profile`` shortens the AR and RL runs, validates the AR run once (at its
+end: each validation costs ~15-25 s of greedy VQA and sample grids), samples one image per GenEval prompt and
+evaluates with images sampled and decoded in bf16 (``pipeline.eval_all``). The summary records what was run. Only the text-to-image RL recipe runs here; ``make table8``
 runs all four.
 """
 
@@ -131,7 +132,7 @@ def run_demo(out: str = "results/demo", seed: int = 0, until: str | None = None,
                                  model={"tokenizer_path": str(tokenizer),
                                         "tokenizer_export": str(out_dir / "tokenizer" / "tokenizer")},
                                  data={"data_dir": str(out_dir / "codes")},
-                                 trainer={"max_steps": prof.steps["ar"]})),
+                                 trainer={"max_steps": prof.steps["ar"], "val_check_interval": prof.steps["ar"]})),
         Stage("eval_sft", [out_dir / "eval" / "sft" / "summary.json"],
               lambda: _eval_stage(out_dir / "ar" / "ar", world, out_dir / "eval" / "sft", seed, prof)),
         Stage("rl_t2i", [out_dir / "rl_t2i" / "ar" / "model.safetensors"],

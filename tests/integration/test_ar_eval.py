@@ -159,6 +159,41 @@ def test_formats_settings_and_errors(export, bench, tmp_path):
         load_for_eval(str(export), guidance=2.0)
 
 
+def test_bf16_precision_samples_and_decodes_under_autocast(export, monkeypatch):
+    """``precision=bf16``: the sampler packs bf16 matrices and the pixel decoder runs under bf16 autocast, for
+    generate and edit alike; images stay uint8 and deterministic; answers stay fp32 (no autocast)."""
+    import arm.ar.sampling as sampling
+    from arm.ar.commands import load_for_eval
+
+    packed, autocast_seen = [], []
+    real_packed = sampling.PackedDecoder
+
+    def spy(body, dtype=torch.float32, compile_attention=False):
+        packed.append(dtype)
+        return real_packed(body, dtype, compile_attention)
+
+    monkeypatch.setattr(sampling, "PackedDecoder", spy)
+    model = load_for_eval(str(export), precision="bf16", batch_size=4)
+    assert model.settings["precision"] == "bf16"
+    decoder = model.bundle.image_tokenizer.tokenizer.decoder
+    decoder.register_forward_hook(lambda *_: autocast_seen.append(torch.is_autocast_enabled("cpu")))
+    drawn = model.generate(["a red circle", "a blue star"], 1, seed=3)
+    again = model.generate(["a red circle", "a blue star"], 1, seed=3)
+    assert all(np.array_equal(x[0], y[0]) and x[0].dtype == np.uint8 for x, y in zip(drawn, again))
+    model.edit([drawn[0][0]], ["make it blue"], seed=0)
+    assert packed == [torch.bfloat16] * 3 and autocast_seen and all(autocast_seen)
+    model.answer([drawn[0][0]], ["What shape is it?"])
+    assert packed[-1] == torch.float32  # the answer's text sampler: parameters' dtype, no autocast
+    fp32 = load_for_eval(str(export))
+    assert fp32.settings["precision"] == "fp32"
+    packed.clear()
+    fp32.generate(["a red circle"], 1, seed=3)
+    assert packed == [torch.float32]
+    with pytest.raises(ValueError, match="precision must be one of") as info:
+        load_for_eval(str(export), precision="fp16")
+    assert "\n" not in str(info.value)
+
+
 def test_eval_sampling_overrides(export, bench, tmp_path, capsys):
     vqa = ["eval", "vqa", "--ckpt", str(export), "--data", str(bench / "vqa.jsonl"), "--limit", "1", "--no-progress"]
     assert arm([*vqa, "--out", str(tmp_path / "v"), "--sampling", "cfg=3", "--sampling", "max_new_tokens=2"]) == 0
