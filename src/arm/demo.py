@@ -10,14 +10,16 @@ interrupted stage starts again (every stage writes its files atomically). Stages
 5. ``teacher``    the language-aligned teacher (``arm teacher fit``, experiments/teacher/shapeworld.yaml)
 6. ``lm``         the small caption LM for L_cap (``arm lm fit``, experiments/lm/shapeworld.yaml)
 7. ``tokenizer``  the discrete tokenizer with its four losses (``arm tokenizer fit``)
-8. ``tokenizer_eval``  every tokenizer metric on val (``arm tokenizer eval``)
+8. ``tokenizer_eval``  every tokenizer metric on val (``arm tokenizer eval``), and Table 7's row of this recipe
 9. ``codes``      code shards of train/val/test for the AR stage (``arm tokenizer encode``)
 10. ``ar``        the unified AR model, SFT on understanding, text-to-image and editing (``arm ar fit``)
 11. ``eval_sft``  every benchmark protocol on the test bench files (``arm eval all``)
-12. ``rl_t2i``    GRPO on text-to-image from the SFT export (``arm rl fit``, experiments/rl/shapeworld_t2i.yaml)
-13. ``eval_rl_t2i``  the same benchmarks for the RL policy
-14. ``synergy``   change of every benchmark against SFT with paired-bootstrap intervals; Table 8's JSON
-15. ``figures``   every figure and table that the results allow (``arm figures``)
+12. ``cfg_grid``  the SFT model's AR-side x decoder-side CFG grid, ARM's figure 4 (``arm figures cfg-grid``)
+13. ``rl_t2i``    GRPO on text-to-image from the SFT export (``arm rl fit``, experiments/rl/shapeworld_t2i.yaml)
+14. ``eval_rl_t2i``  the same benchmarks for the RL policy
+15. ``synergy``   change of every benchmark against SFT with paired-bootstrap intervals; Table 8's JSON
+16. ``figures``   every figure and table that the results allow (``arm figures``); Table 7 with the demo's one
+    row (``make table7`` trains all four variants, its own 30 minutes)
 Training stages resume from their last checkpoint when cut off (``pipeline.run_fit``).
 
 Demo budgets: the stages' own YAMLs carry each issue's full budget (AR <= 15 min, RL <= 10 min); the whole demo
@@ -124,7 +126,8 @@ def run_demo(out: str = "results/demo", seed: int = 0, until: str | None = None,
                                  model={"teacher_dir": str(out_dir / "teacher" / "teacher"),
                                         "lm_dir": str(out_dir / "lm" / "lm")},
                                  data={"data_dir": str(world)})),
-        Stage("tokenizer_eval", [out_dir / "tokenizer_eval.json"], lambda: _tokenizer_eval_stage(world, out_dir)),
+        Stage("tokenizer_eval", [out_dir / "tokenizer_eval.json", out_dir / "table7.json"],
+              lambda: _tokenizer_eval_stage(world, out_dir, prof, seed)),
         Stage("codes", [out_dir / "codes" / split / "done.json" for split in ("train", "val", "test")],
               lambda: _codes_stage(world, out_dir)),
         Stage("ar", [out_dir / "ar" / "ar" / "model.safetensors"],
@@ -135,6 +138,8 @@ def run_demo(out: str = "results/demo", seed: int = 0, until: str | None = None,
                                  trainer={"max_steps": prof.steps["ar"], "val_check_interval": prof.steps["ar"]})),
         Stage("eval_sft", [out_dir / "eval" / "sft" / "summary.json"],
               lambda: _eval_stage(out_dir / "ar" / "ar", world, out_dir / "eval" / "sft", seed, prof)),
+        Stage("cfg_grid", [out_dir / "cfg" / "sft" / "done.json"],
+              lambda: _cfg_grid_stage(out_dir / "ar" / "ar", world, out_dir / "cfg" / "sft")),
         Stage("rl_t2i", [out_dir / "rl_t2i" / "ar" / "model.safetensors"],
               lambda: _fit_stage("rl", out_dir / "rl_t2i", prof, model={"init_from": str(out_dir / "ar" / "ar")},
                                  data={"data_dir": str(world)}, trainer={"max_steps": prof.steps["rl"]},
@@ -199,6 +204,15 @@ def _eval_stage(ckpt: Path, world: Path, out: Path, seed: int, prof: Profile) ->
     return eval_all(ckpt, world / "bench", out, seed, prof.eval_n, prof.eval_limit)
 
 
+def _cfg_grid_stage(ckpt: Path, world: Path, out: Path) -> dict:
+    """ARM's figure 4 for the SFT export: the first GenEval prompt of four tags at AR-side x decoder-side CFG
+    1 / 1.5 / 3 (36 images); ``done.json`` marks it finished (the command keeps images already drawn)."""
+    arm_command("figures", "cfg-grid", "--ckpt", str(ckpt), "--bench", str(world / "bench"), "--out", str(out))
+    drawn = len(list((out / "cfg_grid").rglob("*.png")))
+    write_json_atomic(out / "done.json", {"images": drawn})
+    return {"images": drawn}
+
+
 def _figures_stage(out_dir: Path) -> dict:
     arm_command("figures", "--results", str(out_dir), "--out", str(out_dir / "figures"))
     written = sorted(str(p.relative_to(out_dir)) for p in (out_dir / "figures").rglob("*.png"))
@@ -206,12 +220,17 @@ def _figures_stage(out_dir: Path) -> dict:
     return {"figures": written}
 
 
-def _tokenizer_eval_stage(world: Path, out_dir: Path) -> dict:
-    """``arm tokenizer eval`` on val (reconstructions beside it in ``OUT/recon`` for the figures)."""
+def _tokenizer_eval_stage(world: Path, out_dir: Path, prof: Profile, seed: int) -> dict:
+    """``arm tokenizer eval`` on val (reconstructions beside it in ``OUT/recon`` for the figures), and
+    ``OUT/table7.json`` with this recipe's row of Table 7 (``arm.tokenizer.table7.demo_table7``)."""
+    from arm.pipeline import ROOT
+    from arm.tokenizer.table7 import demo_table7
+
     arm_command("tokenizer", "eval", "--ckpt", str(out_dir / "tokenizer" / "tokenizer"), "--data", str(world), "--out",
          str(out_dir / "tokenizer_eval.json"), "--num-val", "1000", "--num-probe-train", "2000", "--recon-images",
          "256", "--batch-size", "64")
     report = json.loads((out_dir / "tokenizer_eval.json").read_text())
+    demo_table7(report, ROOT / "experiments" / "tokenizer" / f"{prof.config}.yaml", out_dir / "table7.json", seed)
     keys = ("psnr", "semantic_recon_acc", "code_usage", "zero_shot_acc", "probe_acc", "fd_teacher", "rfid")
     out = {k: report[k] for k in keys if k in report}
     if "geneval_recon" in report:  # the generation ceiling through these codes

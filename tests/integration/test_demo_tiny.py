@@ -8,7 +8,7 @@ import json
 from arm.demo import PROFILES, run_demo
 
 STAGES = ("world", "text_tok", "figure", "judge", "teacher", "lm", "tokenizer", "tokenizer_eval", "codes", "ar",
-          "eval_sft", "rl_t2i", "eval_rl_t2i", "synergy", "figures")
+          "eval_sft", "cfg_grid", "rl_t2i", "eval_rl_t2i", "synergy", "figures")
 
 
 def _in_unit(value) -> bool:
@@ -38,6 +38,12 @@ def test_tiny_demo_runs_every_stage_then_skips_them(tmp_path, capsys):
     figures = json.loads((out / "figures" / "report.json").read_text())["figures"]
     assert any("synergy" in f for f in figures) and any("rl_reward_curves" in f for f in figures)
     assert any("recon" in f for f in figures)  # the tokenizer eval wrote OUT/recon for the reconstruction grid
+    # Table 7 with the one row the demo trains (the full recipe), the paper's rows beside it
+    table7 = (out / "figures" / "table7.md").read_text()
+    assert "| ✓ | ✓ | – / 80.2" not in table7 and "| – | – | – / 0.2 |" in table7
+    # ARM's figure 4: every prompt drawn at 3 AR-side x 3 decoder-side scales, one figure per prompt
+    assert json.loads((out / "cfg" / "sft" / "done.json").read_text())["images"] == 9 * len(
+        [f for f in figures if "cfg_" in f])
     assert json.loads((out / "table8.json").read_text())["rows"].keys() >= {"sft", "t2i"}
     assert PROFILES["tiny"].steps["ar"] == 4
     capsys.readouterr()

@@ -46,8 +46,19 @@ def test_table7_markdown_and_latex():
     assert r"\checkmark & \checkmark & 75.0 / 80.2 & 23.0 / 19.6 & 80.0 / 75.6 & 6.00 / 0.28 (?) & 0.300" in tex
     assert r"-- & -- & 60.0 / 0.2 & 20.0 / 15.2 & 50.0 / 69.4" in tex
     assert tex.count(r"\\") == 5 and r"\toprule" in tex and r"\begin{tabular}{ccccccccc}" in tex
-    del result["rows"]["sig0_feat1"]
-    with pytest.raises(ValueError, match="lacks \\['sig0_feat1'\\]"):
+    # A demo's table holds only the row it trained: the others are dashes beside the paper's numbers.
+    result["rows"] = {"sig1_feat1": result["rows"]["sig1_feat1"]}
+    md = table7_markdown(result)
+    assert "| ✓ | ✓ | 75.0 / 80.2 | 23.0 / 19.6 | 80.0 / 75.6 |" in md
+    assert "| – | ✓ | – / 58.1 | – / 17.1 | – / 71.0 | – / – | – | – | – |" in md
+    assert "sig0_feat0, sig1_feat0, sig0_feat1) were not trained" in md and "needs all four rows" in md
+    tex = table7_latex(result)
+    assert r"-- & \checkmark & -- / 58.1 & -- / 17.1 & -- / 71.0" in tex and tex.count(r"\\") == 5
+    for rows, match in (({}, "must hold some of"), ({"sig2_feat0": {}}, "must hold some of")):
+        with pytest.raises(ValueError, match=match):
+            table7_markdown({**result, "rows": rows})
+    del result["paper"]["sig0_feat1"]
+    with pytest.raises(ValueError, match="`paper` lacks \\['sig0_feat1'\\]"):
         table7_markdown(result)
 
 

@@ -70,3 +70,20 @@ def test_run_table7_trains_each_variant_once_and_writes_both_files(tmp_path, mon
     assert saved["rows"]["sig1_feat1"]["psnr"] == 19.0 and saved["rows"]["sig0_feat0"]["train_seconds"] == 1.5
     assert {"git", "date", "seed", "config"} <= set(saved) and saved == json.loads(json.dumps(result))
     assert "| ✓ | ✓ |" in (tmp_path / "table7.md").read_text()
+
+
+def test_demo_table7_holds_the_row_its_yaml_trains(tmp_path):
+    import json
+
+    from arm.tokenizer.table7 import demo_table7
+
+    report = {"psnr": 25.3, "code_usage": 0.48, "zero_shot_acc": {"color": 1.0, "shape": 0.9}, "readout": "head"}
+    for weights, name in (("w_sig: 5.0\n  w_feat: 1.0", "sig1_feat1"), ("w_sig: 5.0\n  w_feat: 0.0", "sig1_feat0"),
+                          ("w_sig: 0.0\n  w_feat: 1.0", "sig0_feat1")):
+        config = tmp_path / "tok.yaml"
+        config.write_text(f"model:\n  {weights}\n")
+        result = demo_table7(report, config, tmp_path / "table7.json", seed=4)
+        assert list(result["rows"]) == [name] and result["rows"][name]["psnr"] == 25.3
+        assert json.loads((tmp_path / "table7.json").read_text()) == result
+        text = markdown(result)
+        assert "95.0 / " in text and text.count("| – | – | – |") == 3  # zero-shot mean(1.0, 0.9); three dashed rows

@@ -147,8 +147,8 @@ SAMPLING_SETTINGS = {
                                "compile_attention": False},
 }
 """The sampler settings timed: ``fp32`` packed float32 weights, float32 cache, eager attention (the exact path);
-``bf16`` (the fast configuration, used by the eval adapter and RL rollouts) packed bf16 weights, bf16 cache,
-``torch.compile``'d attention; ``previous_bf16_autocast`` the model's own cached forward under bf16 autocast (the
+``bf16`` (the fast configuration, used by RL rollouts) packed bf16 weights, bf16 cache, ``torch.compile``'d
+attention; ``previous_bf16_autocast`` the model's own cached forward under bf16 autocast (the
 path before ``arm.nn.decode``), for the ratio."""
 
 
