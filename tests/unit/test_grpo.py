@@ -18,6 +18,9 @@ def test_group_advantages_two_groups_by_hand():
     adv = group_advantages(torch.tensor([0.0, 0.0, 0.0, 1.0]), 4, eps=0.0)
     s3 = math.sqrt(3)
     torch.testing.assert_close(adv, torch.tensor([-1 / s3, -1 / s3, -1 / s3, 3 / s3]))
+    # Dr. GRPO (scale=False): centred only. Rewards 0.30, 0.31 -> -0.005, +0.005 (GRPO would make them -1, +1).
+    adv = group_advantages(torch.tensor([0.30, 0.31, 1.0, 0.0]), 2, scale=False)
+    torch.testing.assert_close(adv, torch.tensor([-0.005, 0.005, 0.5, -0.5]))
 
 
 def test_group_advantages_refuses_a_ragged_batch():

@@ -23,14 +23,20 @@ from __future__ import annotations
 import torch
 
 
-def group_advantages(rewards: torch.Tensor, group_size: int, eps: float = 1e-4) -> torch.Tensor:
-    """(N,) rewards in consecutive groups of ``group_size`` -> (N,) group-normalised advantages."""
+def group_advantages(rewards: torch.Tensor, group_size: int, eps: float = 1e-4, scale: bool = True) -> torch.Tensor:
+    """(N,) rewards in consecutive groups of ``group_size`` -> (N,) group-normalised advantages.
+
+    ``scale=False`` keeps only the centring, ``A = r - mean_group(r)`` (Dr. GRPO: Liu et al. 2025, "Understanding
+    R1-Zero-Like Training: A Critical Perspective", §3.1): dividing by the group's standard deviation turns a group
+    whose rewards differ only by a little noise (a continuous quality proxy, say) into unit-size advantages."""
     if rewards.ndim != 1 or rewards.numel() % group_size:
         raise ValueError(f"{rewards.numel()} rewards do not split into groups of {group_size}; sample group_size "
                          f"images per prompt")
     groups = rewards.float().view(-1, group_size)  # (G, K)
     mean = groups.mean(1, keepdim=True)
     std = groups.std(1, unbiased=False, keepdim=True)
+    if not scale:
+        return (groups - mean).view(-1)
     return ((groups - mean) / (std + eps)).view(-1)
 
 

@@ -90,6 +90,7 @@ class GRPOModule(L.LightningModule):
         micro_batch: int | None = None,
         grad_clip: float = 1.0,
         adv_eps: float = 1e-4,
+        adv_std: bool = True,
         val_group_size: int = 1,
         activation_checkpointing: bool = False,
         reference_dtype: str = "float32",
@@ -113,6 +114,8 @@ class GRPOModule(L.LightningModule):
             micro_batch: rows per forward/backward of the loss (gradients accumulated); ``None`` = all at once.
             grad_clip: gradient-norm clipping (0 = off); set here, not on the trainer (manual optimisation).
             adv_eps: added to the group standard deviation.
+            adv_std: divide advantages by the group's standard deviation (GRPO); False keeps only the centring
+                (Dr. GRPO, ``arm.rl.grpo.group_advantages``).
             val_group_size: images per val prompt.
             activation_checkpointing: recompute the policy's block activations in backward (with
                 ``ModelParallelStrategy``).
@@ -197,7 +200,7 @@ class GRPOModule(L.LightningModule):
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> None:
         hp, config = self.hparams, self.rollout_config
         out = self._rollout(list(batch["record"]), "train")
-        advantages = group_advantages(out.rewards["total"], config.group_size, hp.adv_eps).to(self.device)
+        advantages = group_advantages(out.rewards["total"], config.group_size, hp.adv_eps, hp.adv_std).to(self.device)
         codes = out.codes.to(self.device)
         rows = codes.shape[0]
         micro = hp.micro_batch or rows

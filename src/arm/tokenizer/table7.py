@@ -80,12 +80,17 @@ def demo_table7(report: dict, config: str | Path, out: str | Path, seed: int = 0
     import yaml
 
     from arm.eval.results import git_hash
+    from arm.pipeline import ROOT
 
     weights = (yaml.safe_load(Path(config).read_text()) or {}).get("model") or {}
+    try:  # recorded relative to the checkout, as make table7 records it
+        shown = str(Path(config).resolve().relative_to(ROOT))
+    except ValueError:
+        shown = str(config)
     sig, feat = float(weights.get("w_sig", 5.0)) > 0, float(weights.get("w_feat", 1.0)) > 0
     result = {"rows": {variant_name(sig, feat): {"l_sig": sig, "l_feat": feat, **report}},
               "paper": {variant_name(*k): v for k, v in PAPER_ROWS.items()}, "seed": seed, "git": git_hash(),
-              "date": datetime.date.today().isoformat(), "config": str(config), "partial": "make demo"}
+              "date": datetime.date.today().isoformat(), "config": shown, "partial": "make demo"}
     write_json_atomic(Path(out), result)
     return result
 
