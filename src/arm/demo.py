@@ -25,8 +25,8 @@ Training stages resume from their last checkpoint when cut off (``pipeline.run_f
 Demo budgets: the stages' own YAMLs carry each issue's full budget (AR <= 15 min, RL <= 10 min); the whole demo
 must fit 30 minutes on 2 cores, so the ``Profile`` shortens the AR and RL runs, validates the AR run once (at its
 end: each validation costs ~15-25 s of greedy VQA and sample grids), samples one image per GenEval prompt and
-evaluates with images sampled and decoded in bf16 (``pipeline.eval_all``). The summary records what was run. Only the text-to-image RL recipe runs here; ``make table8``
-runs all four.
+evaluates with images sampled and decoded in bf16 (``pipeline.eval_all``). The summary records what was run. Only
+the text-to-image RL recipe runs here; ``make table8`` runs all four.
 """
 
 from __future__ import annotations

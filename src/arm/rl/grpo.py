@@ -33,11 +33,10 @@ def group_advantages(rewards: torch.Tensor, group_size: int, eps: float = 1e-4, 
         raise ValueError(f"{rewards.numel()} rewards do not split into groups of {group_size}; sample group_size "
                          f"images per prompt")
     groups = rewards.float().view(-1, group_size)  # (G, K)
-    mean = groups.mean(1, keepdim=True)
-    std = groups.std(1, unbiased=False, keepdim=True)
+    centred = groups - groups.mean(1, keepdim=True)
     if not scale:
-        return (groups - mean).view(-1)
-    return ((groups - mean) / (std + eps)).view(-1)
+        return centred.view(-1)
+    return (centred / (groups.std(1, unbiased=False, keepdim=True) + eps)).view(-1)
 
 
 def k3_kl(logp: torch.Tensor, ref_logp: torch.Tensor) -> torch.Tensor:

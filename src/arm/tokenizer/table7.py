@@ -77,17 +77,22 @@ def demo_table7(report: dict, config: str | Path, out: str | Path, seed: int = 0
     one, L_sig and L_feat on, in the shipped YAML), so its ``table7.json`` holds that variant's row, read from
     ``report`` (its ``arm tokenizer eval`` file), beside all four paper rows; the other rows render as dashes.
     ``make table7`` trains all four."""
+    import inspect
+
     import yaml
 
     from arm.eval.results import git_hash
     from arm.pipeline import ROOT
+    from arm.tokenizer.module import TokenizerModule
 
-    weights = (yaml.safe_load(Path(config).read_text()) or {}).get("model") or {}
+    defaults = {k: p.default for k, p in inspect.signature(TokenizerModule.__init__).parameters.items()}
+    weights = {"w_sig": defaults["w_sig"], "w_feat": defaults["w_feat"],
+               **((yaml.safe_load(Path(config).read_text()) or {}).get("model") or {})}
     try:  # recorded relative to the checkout, as make table7 records it
         shown = str(Path(config).resolve().relative_to(ROOT))
     except ValueError:
         shown = str(config)
-    sig, feat = float(weights.get("w_sig", 5.0)) > 0, float(weights.get("w_feat", 1.0)) > 0
+    sig, feat = float(weights["w_sig"]) > 0, float(weights["w_feat"]) > 0
     result = {"rows": {variant_name(sig, feat): {"l_sig": sig, "l_feat": feat, **report}},
               "paper": {variant_name(*k): v for k, v in PAPER_ROWS.items()}, "seed": seed, "git": git_hash(),
               "date": datetime.date.today().isoformat(), "config": shown, "partial": "make demo"}
@@ -95,9 +100,14 @@ def demo_table7(report: dict, config: str | Path, out: str | Path, seed: int = 0
     return result
 
 
+def missing_rows(result: dict) -> list[str]:
+    """The variants this result has no row for (a demo's table holds only the one it trained)."""
+    return [variant_name(*v) for v in VARIANTS if variant_name(*v) not in result["rows"]]
+
+
 def missing_note(result: dict) -> list[str]:
     """One note line when rows are missing (a demo's one-row table), else none."""
-    missing = [variant_name(*v) for v in VARIANTS if variant_name(*v) not in result["rows"]]
+    missing = missing_rows(result)
     if not missing:
         return []
     return [f"- rows shown as – ({', '.join(missing)}) were not trained in this run; `make table7` trains all four."]
@@ -144,7 +154,7 @@ def markdown(result: dict) -> str:
 def readout_notes(result: dict) -> list[str]:
     """How each row's zero-shot and probes read z_q (``arm tokenizer eval``'s ``readout``)."""
     by = {}
-    for name in (variant_name(*v) for v in VARIANTS if variant_name(*v) in result["rows"]):
+    for name in (n for n in (variant_name(*v) for v in VARIANTS) if n in result["rows"]):
         by.setdefault(result["rows"][name].get("readout", "head"), []).append(name)
     text = {"head": "through the sigmoid head that L_sig trains",
             "teacher": "through the teacher's own pooling and image projection (no L_sig: the tokenizer's sigmoid "
@@ -155,7 +165,7 @@ def readout_notes(result: dict) -> list[str]:
 def ordering_notes(result: dict) -> list[str]:
     """Where our ranking of the four variants differs from the paper's, per column (all four rows needed)."""
     notes = []
-    if any(variant_name(*v) not in result["rows"] for v in VARIANTS):
+    if missing_rows(result):
         return ["- row order: needs all four rows."]
     for column, ours_fn in (("zero-shot", _zero_shot), ("PSNR", lambda r: r.get("psnr", float("nan"))),
                             ("code usage", lambda r: r.get("code_usage", float("nan")))):
