@@ -65,7 +65,7 @@ def test_grpo_fit_logs_resumes_and_exports(tiny_world, sft_export, tmp_path):
     metrics = cli.trainer.callback_metrics
     for key in ("train/loss", "train/kl", "train/clip_fraction", "train/entropy", "train/ratio",
                 "rollout/images_per_s", "reward/total", "reward/quality/reward", "reward/quality/palette",
-                "reward/self_judge/reward", "train/zero_spread_groups"):
+                "reward/self_judge/reward", "train/zero_spread_groups", "train/ptx_nll"):
         assert key in metrics, key
     for key in ("reward/edit/match", "reward/edit/preserved", "val/edit_match"):
         assert key in metrics, key

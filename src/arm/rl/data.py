@@ -11,6 +11,10 @@ Records (plain dicts; ``arm.rl.rewards`` reads them):
 - ``edit``: ``task``, ``key``, ``text`` (the instruction), ``edit_type``, ``source_image`` (uint8 (H, W, 3)),
   ``mask`` (bool (H, W), True where the edit may change pixels), ``source_scene``, ``target_scene``.
 
+Both also carry the sample's understanding material for the optional SFT anchor (``arm.rl.anchor``):
+``understanding`` (its VQA and MME items ``{"task", "question", "answer"}``) and ``caption``; a t2i record adds
+``scene_image`` (uint8 (H, W, 3), the scene its prompt describes; an edit's is its ``source_image``).
+
 Every batch holds ONE task, drawn per batch from ``mixture`` with a generator seeded by (seed, epoch, batch
 index): every rank draws the same task for the same step, so sharded ranks run the same sampling calls, and a
 group never mixes tasks. Splitting over ranks, shuffling, epochs and corrupt-sample counting are the
@@ -44,19 +48,22 @@ def prompt_record(raw: dict, task: str) -> dict | None:
     """The rollout record of one raw ShapeWorld sample for ``task`` (module docstring); ``None`` when the sample
     has no material for it (a scene no GenEval record describes exactly has ``geneval: null``)."""
     meta = decode_json(_member(raw, "json"))
+    understanding = {"understanding": [{"task": t, "question": item["question"], "answer": str(item["answer"])}
+                                       for t in ("vqa", "mme") for item in meta.get(t) or []],
+                     "caption": meta.get("caption")}
     if task == "t2i":
         geneval = meta.get("geneval")
         if not geneval or not geneval.get("prompt"):
             return None
         return {"task": "t2i", "key": raw["__key__"], "text": geneval["prompt"], "geneval": geneval,
-                "tag": geneval.get("tag")}
+                "tag": geneval.get("tag"), "scene_image": decode_png(_member(raw, "png")), **understanding}
     edit = meta.get("edit")
     if not edit or not edit.get("instruction"):
         return None
     return {"task": "edit", "key": raw["__key__"], "text": edit["instruction"], "edit_type": edit["type"],
             "source_image": decode_png(_member(raw, "png")),
             "mask": np.asarray(decode_png(_member(raw, "mask.png"))[..., 0] > 127),
-            "source_scene": meta["scene"], "target_scene": edit["target_scene"]}
+            "source_scene": meta["scene"], "target_scene": edit["target_scene"], **understanding}
 
 
 class PromptStream(ShapeWorldStream):

@@ -13,8 +13,9 @@ Logged (TensorBoard): ``reward/total`` and every component ``reward/<name>/<part
 with ``reward_std/...`` (spread over the batch), ``reward_tag/<GenEval tag>`` and ``reward_edit/<edit type>``
 (mean total per tag / type), ``train/loss``, ``train/policy_loss``, ``train/kl`` (k3, per token), ``train/
 clip_fraction``, ``train/ratio``, ``train/entropy`` (of the scored distribution, per image token),
-``train/zero_spread_groups`` (groups whose rewards are all equal: no signal), ``rollout/images_per_s`` (sampled,
-decoded and scored) and ``rollout/seconds``. Validation: one image per val prompt, ``val/reward/...`` and
+``train/zero_spread_groups`` (groups whose rewards are all equal: no signal), ``train/ptx_nll`` (the
+understanding anchor's cross-entropy, when ``ptx_weight > 0``), ``rollout/images_per_s`` (sampled, decoded and
+scored) and ``rollout/seconds``. Validation: one image per val prompt, ``val/reward/...`` and
 ``val/geneval_correct`` / ``val/edit_match`` when those rewards are configured.
 
 Deliberate simplifications against the paper (ARM §3, DeepSeekMath's GRPO):
@@ -24,6 +25,8 @@ Deliberate simplifications against the paper (ARM §3, DeepSeekMath's GRPO):
   the ratio of the first pass is exactly 1 (old = current weights), as in DeepSeekMath with one pass.
 - ``trainer.max_steps`` counts optimiser steps: ``num_passes`` per rollout batch.
 - Outcome rewards only (one advantage per image), no process supervision, no reward model training.
+- Beyond the paper, off by default: ``ptx_weight > 0`` mixes an SFT loss on understanding examples into every
+  update (``arm.rl.anchor``, InstructGPT's PPO-ptx), so that RL on image tokens keeps the model's answers.
 - The reference and the image tokenizer stay whole on every rank (not sharded) and are left out of Lightning
   checkpoints (they are reloaded from the export named by ``init_from``).
 - Rewards run on the CPU, one image at a time (the ShapeWorld detector is numpy).
@@ -43,9 +46,10 @@ import torch
 
 from arm.ar.module import EXPORT_DIR, load_ar_bundle, save_ar
 from arm.optim import adamw_warmup_cosine, trainer_total_steps
+from arm.rl.anchor import anchor_nll, understanding_examples, understanding_texts
 from arm.rl.grpo import group_advantages, grpo_loss
 from arm.rl.rewards import Reward, RewardSet
-from arm.rl.rollout import Rollout, RolloutConfig, rollout
+from arm.rl.rollout import Rollout, RolloutConfig, as_numpy_record, rollout, source_codes
 
 FROZEN_PREFIXES = ("reference.", "image_tokenizer.")
 """State-dict prefixes left out of Lightning checkpoints: reloaded from the export instead."""
@@ -91,6 +95,7 @@ class GRPOModule(L.LightningModule):
         grad_clip: float = 1.0,
         adv_eps: float = 1e-4,
         adv_std: bool = True,
+        ptx_weight: float = 0.0,
         val_group_size: int = 1,
         activation_checkpointing: bool = False,
         reference_dtype: str = "float32",
@@ -116,6 +121,9 @@ class GRPOModule(L.LightningModule):
             adv_eps: added to the group standard deviation.
             adv_std: divide advantages by the group's standard deviation (GRPO); False keeps only the centring
                 (Dr. GRPO, ``arm.rl.grpo.group_advantages``).
+            ptx_weight: weight of the understanding anchor (``arm.rl.anchor``, InstructGPT's PPO-ptx): the SFT
+                cross-entropy of every VQA / MME / caption text of each prompt's own ShapeWorld sample, on its
+                image, added to every update; 0 (the paper's GRPO) turns it off.
             val_group_size: images per val prompt.
             activation_checkpointing: recompute the policy's block activations in backward (with
                 ``ModelParallelStrategy``).
@@ -128,6 +136,8 @@ class GRPOModule(L.LightningModule):
         self.automatic_optimization = False
         if num_passes < 1:
             raise ValueError(f"num_passes must be >= 1, got {num_passes}")
+        if ptx_weight < 0:
+            raise ValueError(f"ptx_weight must be >= 0 (0 = no understanding anchor), got {ptx_weight}")
         self.rollout_config = rollout or RolloutConfig()
         bundle = load_ar_bundle(init_from)
         if bundle.image_tokenizer is None:
@@ -212,9 +222,14 @@ class GRPOModule(L.LightningModule):
             if hp.num_passes > 1:  # later passes need the sampling policy's log-probs; pass 1 has ratio 1 anyway
                 old_logp = torch.cat([image_token_logprobs(self.policy, out.prompts[c], codes[c],
                                                            config.temperature)[0] for c in chunks])
+        anchor = self._anchor_examples(list(batch["record"])) if hp.ptx_weight > 0 else []
         opt, sched = self.optimizers(), self.lr_schedulers()
         for _ in range(hp.num_passes):
             totals: dict[str, float] = {}
+            if anchor:
+                nll = anchor_nll(self.policy, anchor, self.builder.tokenizer.pad_id)
+                self.manual_backward(hp.ptx_weight * nll)
+                totals["ptx_nll"] = float(nll.detach())
             for c in chunks:
                 logp, entropy = image_token_logprobs(self.policy, out.prompts[c], codes[c], config.temperature)
                 old = logp.detach() if old_logp is None else old_logp[c]
@@ -237,6 +252,16 @@ class GRPOModule(L.LightningModule):
         self.log("rollout/images_per_s", rows / max(out.seconds, 1e-9), prog_bar=True, batch_size=rows)
         self.log("rollout/seconds", out.seconds, batch_size=rows)
         self._log_rewards(out, "")
+
+    def _anchor_examples(self, records: list[dict]) -> list:
+        """The step's understanding examples (``arm.rl.anchor``): each record's own image, encoded by the policy's
+        image tokenizer, with every one of its understanding texts."""
+        field = "source_image" if records[0]["task"] == "edit" else "scene_image"
+        usable = [as_numpy_record(r) for r in records if r.get(field) is not None and understanding_texts(r)]
+        if not usable:
+            return []
+        codes = source_codes(self.image_tokenizer, usable, self.device, field)
+        return understanding_examples(usable, codes, self.builder)
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
         out = self._rollout(list(batch["record"]), "val", self.hparams.val_group_size)

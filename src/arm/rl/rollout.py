@@ -95,11 +95,14 @@ def as_numpy_record(record: Mapping) -> dict:
     return {k: v.numpy() if isinstance(v, torch.Tensor) else v for k, v in record.items()}
 
 
-def source_codes(tokenizer_bundle, records: Sequence[Mapping], device: torch.device) -> list[list[int]]:
-    """Codes of each edit record's source image (uint8 (H, W, 3)), resized to the tokenizer's side if needed."""
+@torch.no_grad()
+def source_codes(tokenizer_bundle, records: Sequence[Mapping], device: torch.device, field: str = "source_image"
+                 ) -> list[list[int]]:
+    """Codes of each record's image ``field`` (uint8 (H, W, 3); an edit's source by default), resized to the
+    tokenizer's side if needed."""
     import torch.nn.functional as F
 
-    pixels = torch.stack([torch.as_tensor(np.array(r["source_image"])) for r in records]).permute(0, 3, 1, 2)
+    pixels = torch.stack([torch.as_tensor(np.array(r[field])) for r in records]).permute(0, 3, 1, 2)
     images = pixels.float().div_(255.0).to(device)  # (B, 3, H, W)
     side = tokenizer_bundle.image_size
     if images.shape[-1] != side:
