@@ -9,6 +9,7 @@ import torch
 
 from arm.ar.model import ARConfig, ARDecoder
 from arm.nn import Transformer, TransformerConfig
+from arm.nn.kv_cache import KVCache
 
 
 def random_model(rng: random.Random) -> ARDecoder:
@@ -95,6 +96,26 @@ def test_cache_is_written_in_place_and_bounded():
         model(input_ids=torch.randint(0, 10, (2, 1)), offset=3, cache=model.new_cache(2, 5))
     cache.reset()
     assert cache.length == 0 and not cache.valid.any()
+
+
+def test_append_token_is_append_mask_write_advance():
+    L, B, Hkv, Dh = 2, 3, 2, 4
+    a, b = KVCache(L, B, Hkv, Dh, 6), KVCache(L, B, Hkv, Dh, 6)
+    for cache in (a, b):
+        cache.append_mask(torch.tensor([[False, True], [True, True], [False, False]]))
+        cache.advance(2)
+    keys, values = torch.randn(L, B, Hkv, Dh), torch.randn(L, B, Hkv, Dh)
+    a.append_token(keys, values)
+    b.append_mask(torch.ones(B, 1, dtype=torch.bool))
+    for i in range(L):
+        b.write(i, keys[i][:, :, None], values[i][:, :, None])
+    b.advance(1)
+    for name in ("keys", "values", "valid", "bias", "num_real"):
+        assert torch.equal(getattr(a, name), getattr(b, name)), name
+    assert a.length == b.length == 3
+    keys_view, values_view, bias_view = a.filled()
+    assert keys_view.shape == (L, B, Hkv, 3, Dh) and bias_view.shape == (B, 3)
+    assert keys_view.data_ptr() == a.keys.data_ptr() and values_view.data_ptr() == a.values.data_ptr()
 
 
 @torch.no_grad()

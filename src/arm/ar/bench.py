@@ -12,8 +12,9 @@ Reference config: 6 layers, d=256, 4 heads (4 kv heads), SwiGLU 704, total vocab
   embedding lookups are free), L layers, d width, T sequence length (the attention term ignores causal masking).
 - ``bench_ar_sampling``: generated tokens/s of ``sample_image_codes`` for 16 rows x 256 image tokens with CFG 1.5
   (temperature 1, no top-k/top-p), counting 16 x 256 tokens (the 16 unconditional rows are the price of CFG), for
-  each of ``SAMPLING_SETTINGS`` (the fast one: bf16 packed weights + bf16 cache + compiled attention; the exact
-  fp32 one; the previous path under bf16 autocast, for the ratio); and the KV cache against full recomputation
+  each of ``SAMPLING_SETTINGS`` (the fast one: bf16 packed weights + bf16 cache + each step one compiled graph;
+  the same with only the attention compiled; the exact fp32 one; the previous path under bf16 autocast, for the
+  ratios); and the KV cache against full recomputation
   (``kv_cache=False``, the same sampler) at a reduced batch of 4 prompts (8 rows with CFG), since recomputing
   32 rows x 256 steps takes minutes.
 
@@ -142,14 +143,18 @@ def bench_ar_training(config: ARConfig = REFERENCE, batch: int = 16, seq_len: in
 
 SAMPLING_SETTINGS = {
     "fp32": {"autocast": None, "fast": True, "decode_dtype": torch.float32, "compile_attention": False},
-    "bf16": {"autocast": None, "fast": True, "decode_dtype": torch.bfloat16, "compile_attention": True},
+    "bf16": {"autocast": None, "fast": True, "decode_dtype": torch.bfloat16, "compile_attention": True,
+             "compile_step": True},
+    "bf16_compiled_attention": {"autocast": None, "fast": True, "decode_dtype": torch.bfloat16,
+                                "compile_attention": True, "compile_step": False},
     "previous_bf16_autocast": {"autocast": torch.bfloat16, "fast": False, "decode_dtype": None,
                                "compile_attention": False},
 }
 """The sampler settings timed: ``fp32`` packed float32 weights, float32 cache, eager attention (the exact path);
-``bf16`` (the fast configuration, used by RL rollouts) packed bf16 weights, bf16 cache, ``torch.compile``'d
-attention; ``previous_bf16_autocast`` the model's own cached forward under bf16 autocast (the
-path before ``arm.nn.decode``), for the ratio."""
+``bf16`` (the fast configuration, used by RL rollouts) packed bf16 weights, bf16 cache, every decode step one
+``torch.compile``d graph (``arm.nn.decode.decode_step``); ``bf16_compiled_attention`` the same with only the
+attention compiled (the fast configuration before, for the ratio); ``previous_bf16_autocast`` the model's own
+cached forward under bf16 autocast (the path before ``arm.nn.decode``), for the ratio."""
 
 
 def bench_ar_sampling(config: ARConfig = REFERENCE, batch: int = 16, num_tokens: int = 256, prompt_len: int = 16,
@@ -188,6 +193,7 @@ def bench_ar_sampling(config: ARConfig = REFERENCE, batch: int = 16, num_tokens:
         out[f"{setting}_tokens_per_s"] = tokens_per_s
         out[f"{setting}_first_call_s"] = first
     out["bf16_over_previous"] = out["bf16_tokens_per_s"] / out["previous_bf16_autocast_tokens_per_s"]
+    out["bf16_over_compiled_attention"] = out["bf16_tokens_per_s"] / out["bf16_compiled_attention_tokens_per_s"]
     fast = "bf16" if out["bf16_tokens_per_s"] > out["fp32_tokens_per_s"] else "fp32"
     cached = rate(fast, recompute_batch)[0]
     recomputed = rate(fast, recompute_batch, kv_cache=False, reps=1)[0]

@@ -25,7 +25,8 @@ Deliberate simplifications:
   (q|k|v and gate|up fused, matrices in ``decode_dtype``: default the autocast dtype under ``torch.autocast``,
   else the parameters'; ``fast=False`` keeps the model's own forward). The KV cache and attention over it are
   float32 on the CPU, except with ``compile_attention`` and a bf16 ``decode_dtype`` (the fastest setting, which
-  RL rollouts use); guidance, temperature and the softmax are float32.
+  RL rollouts use: each step one compiled graph, ``compile_step``); guidance, temperature and the softmax are
+  float32 and eager (compiling them into the step's graph measured no faster).
 - A draw inverts the cumulative distribution with one uniform per row (``draw``), not ``torch.multinomial``'s
   one exponential per vocabulary entry: the same distribution, other draws for a given seed.
 """
@@ -167,9 +168,11 @@ class _Stepper:
     model's own cached forward (the previous path, kept for comparisons and as a fallback)."""
 
     def __init__(self, model: ARDecoder, cache, fast: bool, dtype: torch.dtype, compile_attention: bool,
-                 head: str) -> None:
+                 compile_step: bool, head: str) -> None:
         self.model, self.cache = model, cache
         self.packed = PackedDecoder(model.body, dtype, compile_attention) if fast else None
+        if fast and compile_step:  # by method: callers that wrap the 3-argument constructor keep working
+            self.packed.use_graph()
         weight = model.image_head.weight if head == "image" else model.text_head_weight
         self.head = self.packed.pack(weight) if fast else None
         self.head_fn = model.image_logits if head == "image" else model.text_logits
@@ -189,15 +192,16 @@ class _Stepper:
 
 
 def _new_cache(model: ARDecoder, rows: int, length: int, fast: bool, decode_dtype: torch.dtype | None,
-               compile_attention: bool):
-    """The sampling call's cache and the packed decoder's settings (dtype, compiled attention). The cache is
-    float32 on the CPU, except under compiled attention in a 16-bit dtype, which reads a cache of that dtype
-    without the copies eager matmuls make (half the bytes every step reads, see ``arm.nn.decode``)."""
+               compile_attention: bool, compile_step: bool):
+    """The sampling call's cache and the packed decoder's settings (dtype, compiled attention, compiled step).
+    Compilation applies to a 16-bit ``decode_dtype`` only. The cache is float32 on the CPU, except when compiled,
+    which reads a cache of that dtype without the copies eager matmuls make (half the bytes every step reads,
+    see ``arm.nn.decode``)."""
     dtype = _decode_dtype(model, decode_dtype)
     fast = fast and _packable(model)
     compiled = fast and compile_attention and dtype in (torch.bfloat16, torch.float16)
     cache = model.new_cache(rows, length, dtype if compiled else _cache_dtype(model))
-    return cache, dtype, compiled, fast
+    return cache, dtype, compiled, compiled and compile_step, fast
 
 
 def _packable(model: ARDecoder) -> bool:
@@ -235,7 +239,7 @@ def sample_image_codes(model: ARDecoder, prompts: list[list[int]], num_tokens: i
                        config: SamplingConfig = SamplingConfig(), *, uncond: list[list[int]] | None = None,
                        image_only: list[list[int]] | None = None, generator: torch.Generator | None = None,
                        kv_cache: bool = True, fast: bool = True, decode_dtype: torch.dtype | None = None,
-                       compile_attention: bool = False) -> torch.Tensor:
+                       compile_attention: bool = False, compile_step: bool = True) -> torch.Tensor:
     """(B, num_tokens) image CODES (not ids) sampled after each prompt.
 
     Each prompt is a list of ids ending where the first image token goes (e.g. after <boi> and grid tokens).
@@ -249,8 +253,10 @@ def sample_image_codes(model: ARDecoder, prompts: list[list[int]], num_tokens: i
     benchmark compares against; same results). ``fast`` runs the steps after the prompt through
     ``arm.nn.decode.PackedDecoder`` with matrices in ``decode_dtype`` (default: the autocast dtype under
     ``torch.autocast``, else the parameters'); ``fast=False`` is the previous path (the model's cached forward).
-    ``compile_attention`` (with a bf16 ``decode_dtype``): a bf16 cache read by a ``torch.compile``'d attention
-    (compiled once per process, ~10 s; the fastest setting on the CPU, ``arm.ar.bench`` measures it).
+    ``compile_attention`` (with a bf16 ``decode_dtype``): a bf16 cache and ``torch.compile``d decoding: with
+    ``compile_step`` (the default) each step of every layer is one compiled graph (``arm.nn.decode.decode_step``,
+    the fastest setting on the CPU, ``arm.ar.bench`` measures it), else only the attention over the cache is
+    compiled (the previous setting). Each is compiled once per process (~10-40 s on 2 busy cores).
     """
     if model.image_head is None:
         raise ValueError("this decoder has no image head (num_image_codes=0): it cannot sample images")
@@ -264,10 +270,10 @@ def sample_image_codes(model: ARDecoder, prompts: list[list[int]], num_tokens: i
     R, W = ids.shape
     codes = torch.empty(B, num_tokens, dtype=torch.long, device=device)
     if kv_cache:
-        cache, dtype, compiled, fast = _new_cache(model, R, W + num_tokens - 1, fast, decode_dtype,
-                                                  compile_attention)
+        cache, dtype, compiled, graph, fast = _new_cache(model, R, W + num_tokens - 1, fast, decode_dtype,
+                                                         compile_attention, compile_step)
         hidden = model(input_ids=ids, mask=mask, cache=cache)[:, -1]  # (R, D)
-        stepper = _Stepper(model, cache, fast, dtype, compiled, "image")
+        stepper = _Stepper(model, cache, fast, dtype, compiled, graph, "image")
     else:
         ids = torch.cat([ids, torch.zeros(R, num_tokens - 1, dtype=torch.long, device=device)], 1)
         mask = torch.cat([mask, torch.ones(R, num_tokens - 1, dtype=torch.bool, device=device)], 1)
@@ -294,19 +300,20 @@ def sample_image_codes(model: ARDecoder, prompts: list[list[int]], num_tokens: i
 def generate_text(model: ARDecoder, prompts: list[list[int]], max_new_tokens: int, eos_id: int,
                   config: SamplingConfig = SamplingConfig(temperature=0.0), *,
                   generator: torch.Generator | None = None, fast: bool = True,
-                  decode_dtype: torch.dtype | None = None, compile_attention: bool = False) -> list[list[int]]:
+                  decode_dtype: torch.dtype | None = None, compile_attention: bool = False,
+                  compile_step: bool = True) -> list[list[int]]:
     """New text ids per row (text head over text+special ids), each stopped at (and excluding) ``eos_id``.
-    ``fast``/``decode_dtype``/``compile_attention``: as in ``sample_image_codes``."""
+    ``fast``/``decode_dtype``/``compile_attention``/``compile_step``: as in ``sample_image_codes``."""
     if not 0 <= eos_id < model.config.num_text_and_special:
         raise ValueError(f"eos_id {eos_id} is not a text or special id (< {model.config.num_text_and_special})")
     if max_new_tokens < 1:
         return [[] for _ in prompts]
     _check_rows(model, prompts, "prompts", max_new_tokens)
     ids, mask = _left_pad(prompts, model.embed.weight.device)
-    cache, dtype, compiled, fast = _new_cache(model, len(prompts), ids.shape[1] + max_new_tokens - 1, fast,
-                                              decode_dtype, compile_attention)
+    cache, dtype, compiled, graph, fast = _new_cache(model, len(prompts), ids.shape[1] + max_new_tokens - 1,
+                                                     fast, decode_dtype, compile_attention, compile_step)
     hidden = model(input_ids=ids, mask=mask, cache=cache)[:, -1]  # (B, D)
-    stepper = _Stepper(model, cache, fast, dtype, compiled, "text")
+    stepper = _Stepper(model, cache, fast, dtype, compiled, graph, "text")
     done = torch.zeros(len(prompts), dtype=torch.bool, device=ids.device)
     steps = []
     for t in range(max_new_tokens):

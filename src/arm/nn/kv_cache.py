@@ -12,6 +12,10 @@ sits in the same slot and the next token of every row goes to the same slot. Pad
 each row keeps its own count of real tokens, which is the rotary position of its next token: a left-padded row
 therefore sees exactly the positions and keys of the unpadded row (the same logits, tested).
 
+A compiled decode step (``arm.nn.decode.decode_step``) reads ``filled()`` and returns the new token's keys and
+values instead of writing them (a graph that writes into its input at a moving slot recompiles or copies the
+cache); ``append_token`` then stores them and does the bookkeeping above.
+
 Grouped-query attention reads the ``Hkv`` cached heads directly, never a repeated copy: SDPA's ``enable_gqa`` for
 several new tokens (prefill), and for one new token (a decode step) two matmuls with the query heads of a group
 stacked as rows, ``(B, Hkv, group, Dh) @ (B, Hkv, Dh, S)``, plus the cache's additive mask. Attention over the
@@ -104,3 +108,18 @@ class KVCache:
 
     def advance(self, num_new: int) -> None:
         self.length += num_new
+
+    def filled(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Views of the slots filled so far, the inputs of a compiled decode step (``arm.nn.decode``): keys and
+        values (L, B, Hkv, length, Dh) and the additive mask (B, length). No copy."""
+        return (self.keys[:, :, :, :self.length], self.values[:, :, :, :self.length],
+                self.bias[:, :self.length])
+
+    def append_token(self, keys: torch.Tensor, values: torch.Tensor) -> None:
+        """Append one real token per row whose keys and values of every layer, (L, B, Hkv, Dh), a compiled decode
+        step computed without writing them (it attends over ``filled()`` plus the token itself): the same
+        bookkeeping as ``append_mask`` + ``write`` per layer + ``advance(1)``, in three copies."""
+        self.append_mask(torch.ones(self.batch, 1, dtype=torch.bool, device=self.valid.device))
+        self.keys[:, :, :, self.length] = keys
+        self.values[:, :, :, self.length] = values
+        self.advance(1)
