@@ -25,6 +25,12 @@ Deliberate simplifications against the paper (ARM §3, DeepSeekMath's GRPO):
   the ratio of the first pass is exactly 1 (old = current weights), as in DeepSeekMath with one pass.
 - ``trainer.max_steps`` counts optimiser steps: ``num_passes`` per rollout batch.
 - Outcome rewards only (one advantage per image), no process supervision, no reward model training.
+- Beyond the paper, off by default: ``trainable`` restricts the update to the parameters whose names match
+  (for example the attention projections only), leaving the rest at the starting checkpoint's values.
+- Beyond the paper, off by default: ``merge_alpha < 1`` exports ``base + merge_alpha * (policy - base)`` instead of
+  the policy (weight-space interpolation toward the SFT or starting weights: WiSE-FT, Wortsman et al. 2022; the
+  LITI step of WARP, Rame et al. 2024), trading part of the reward gain for what the base model could do; the
+  chained Table 8 recipes use it to keep VQA (measured in experiments/LOG.md).
 - Beyond the paper, off by default: ``ptx_weight > 0`` mixes an SFT loss on understanding examples into every
   update (``arm.rl.anchor``, InstructGPT's PPO-ptx), so that RL on image tokens keeps the model's answers.
 - The reference and the image tokenizer stay whole on every rank (not sharded) and are left out of Lightning
@@ -39,6 +45,7 @@ from __future__ import annotations
 import copy
 import os
 import random
+import re
 from typing import Any
 
 import lightning as L
@@ -77,6 +84,47 @@ def image_token_logprobs(model, prompts: list[list[int]], codes: torch.Tensor, t
     return logp, entropy
 
 
+def restrict_trainable(model: torch.nn.Module, patterns: list[str]) -> list[str]:
+    """Freeze every parameter of ``model`` whose name matches none of ``patterns`` (``re.search``); return the
+    names left trainable. A pattern that matches no parameter is an error (a typo would silently freeze all)."""
+    compiled = []
+    for pattern in patterns:
+        try:
+            compiled.append(re.compile(pattern))
+        except re.error as err:
+            raise ValueError(f"trainable pattern {pattern!r} is not a valid regular expression: {err}") from None
+    names = [name for name, _ in model.named_parameters()]
+    for pattern, regex in zip(patterns, compiled):
+        if not any(regex.search(name) for name in names):
+            raise ValueError(f"trainable pattern {pattern!r} matches no parameter of the policy; names look like "
+                             f"{names[0]!r}, {names[len(names) // 2]!r}, {names[-1]!r}")
+    kept = []
+    for name, param in model.named_parameters():
+        keep = any(regex.search(name) for regex in compiled)
+        param.requires_grad_(keep)
+        if keep:
+            kept.append(name)
+    return kept
+
+
+def interpolate_weights(state: dict[str, torch.Tensor], base: dict[str, torch.Tensor], alpha: float
+                        ) -> dict[str, torch.Tensor]:
+    """``base + alpha * (state - base)`` for every tensor (computed in float32, returned in ``state``'s dtypes):
+    alpha 1 is ``state``, 0 is ``base``. Both must hold the same names and shapes."""
+    if set(state) != set(base):
+        only = sorted(set(state) ^ set(base))
+        raise ValueError(f"cannot interpolate weights with different names (e.g. {only[:3]}); the merge base must be "
+                         f"an export of the same architecture as the policy")
+    merged = {}
+    for name, value in state.items():
+        if value.shape != base[name].shape:
+            raise ValueError(f"cannot interpolate {name!r}: policy shape {tuple(value.shape)}, merge base shape "
+                             f"{tuple(base[name].shape)}; the merge base must be an export of the same model size")
+        start = base[name].to(device=value.device, dtype=torch.float32)
+        merged[name] = torch.lerp(start, value.float(), alpha).to(value.dtype)  # exact at alpha 0 and 1
+    return merged
+
+
 class GRPOModule(L.LightningModule):
     def __init__(
         self,
@@ -96,6 +144,9 @@ class GRPOModule(L.LightningModule):
         adv_eps: float = 1e-4,
         adv_std: bool = True,
         ptx_weight: float = 0.0,
+        trainable: list[str] | None = None,
+        merge_alpha: float = 1.0,
+        merge_base: str | None = None,
         val_group_size: int = 1,
         activation_checkpointing: bool = False,
         reference_dtype: str = "float32",
@@ -124,6 +175,13 @@ class GRPOModule(L.LightningModule):
             ptx_weight: weight of the understanding anchor (``arm.rl.anchor``, InstructGPT's PPO-ptx): the SFT
                 cross-entropy of every VQA / MME / caption text of each prompt's own ShapeWorld sample, on its
                 image, added to every update; 0 (the paper's GRPO) turns it off.
+            trainable: regular expressions over the policy's parameter names (``re.search``, e.g.
+                ``["attn\\."]`` for the attention projections of every block); only matching parameters are
+                updated, the rest keep the starting checkpoint's values. ``None`` (the paper) trains everything.
+            merge_alpha: the export is ``base + merge_alpha * (policy - base)`` (WiSE-FT weight interpolation);
+                1 (the paper) exports the policy as trained, 0 the base. Lightning checkpoints keep the policy.
+            merge_base: AR export folder to interpolate toward (e.g. the SFT export of a chained recipe); ``None``
+                = ``init_from``. Read only when ``merge_alpha < 1``.
             val_group_size: images per val prompt.
             activation_checkpointing: recompute the policy's block activations in backward (with
                 ``ModelParallelStrategy``).
@@ -138,12 +196,24 @@ class GRPOModule(L.LightningModule):
             raise ValueError(f"num_passes must be >= 1, got {num_passes}")
         if ptx_weight < 0:
             raise ValueError(f"ptx_weight must be >= 0 (0 = no understanding anchor), got {ptx_weight}")
+        if not 0.0 <= merge_alpha <= 1.0:
+            raise ValueError(f"merge_alpha must be in [0, 1] (1 = export the policy as trained), got {merge_alpha}")
         self.rollout_config = rollout or RolloutConfig()
         bundle = load_ar_bundle(init_from)
         if bundle.image_tokenizer is None:
             raise ValueError(f"the AR export {init_from!r} names no image tokenizer export; GRPO needs it to decode "
                              f"rollouts for the rewards")
         self.policy = bundle.model.train()
+        if trainable is not None:
+            restrict_trainable(self.policy, list(trainable))
+        self._merge_state = None  # a plain attribute, not a buffer: never in checkpoints
+        if merge_alpha < 1.0:
+            if merge_base is None or os.path.abspath(merge_base) == os.path.abspath(init_from):
+                base = self.policy.state_dict()  # the starting weights, before any update
+            else:
+                base = load_ar_bundle(merge_base, image_tokenizer=False).model.state_dict()
+            self._merge_state = {k: v.detach().clone() for k, v in base.items()}
+            interpolate_weights(self.policy.state_dict(), self._merge_state, 1.0)  # names and shapes: fail now
         dtype = getattr(torch, reference_dtype, None)
         if not isinstance(dtype, torch.dtype):
             raise ValueError(f"reference_dtype {reference_dtype!r} is not a torch dtype; use float32 or bfloat16")
@@ -284,6 +354,8 @@ class GRPOModule(L.LightningModule):
 
         state = full_state_dict(self.policy)  # a collective under FSDP: every rank takes part
         if self.trainer.is_global_zero:
+            if self._merge_state is not None:
+                state = interpolate_weights(state, self._merge_state, self.hparams.merge_alpha)
             source = self.hparams.init_from
             save_ar(state, self.policy.config, tuple(self.meta["grid"]), self.export_dir(),
                     os.path.join(source, self.meta["text_tokenizer"]), self.meta.get("tokenizer_export"))

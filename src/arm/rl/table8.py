@@ -2,7 +2,9 @@
 
 Starting from the demo's SFT export (``make demo`` writes ``results/demo/ar/ar``), it trains the four recipes of
 Table 8 with their YAMLs, chained as in the paper: text-to-image only and edit only start from SFT, "T2I -> Edit"
-continues the text-to-image policy on edits, "T2I -> Edit -> Joint" continues that one on a 50/50 mixture. Each
+continues the text-to-image policy on edits, "T2I -> Edit -> Joint" continues that one on a 50/50 mixture; the
+two chained recipes export a weight interpolation toward SFT (``merge_alpha`` in their YAMLs, ``merge_base`` = the
+SFT export: ``GRPOModule``). Each
 export is evaluated with every protocol of ``arm eval all`` on the world's test bench (the SFT evaluation of the
 demo is reused when it exists), then ``arm eval synergy`` pairs every recipe with SFT sample by sample and writes
 ``results/table8.json``; ``results/table8.md`` holds our rows with 95% intervals beside the paper's.
@@ -65,8 +67,9 @@ def run_table8(out: str = "results", demo: str = "results/demo", seed: int = 0, 
             data = {"data_dir": str(world)}
             if profile == "tiny":
                 recipe, data["mixture"] = "tiny", TINY_MIXTURES[name]
-            run_fit("rl", f"experiments/rl/{recipe}.yaml", run_dir, {"init_from": str(exports[parent])}, data,
-                    checkpoint_every=10)
+            # merge_base: the chained recipes interpolate their export toward SFT (merge_alpha in their YAMLs)
+            run_fit("rl", f"experiments/rl/{recipe}.yaml", run_dir,
+                    {"init_from": str(exports[parent]), "merge_base": str(sft)}, data, checkpoint_every=10)
             timings[f"rl_{name}"] = round(time.perf_counter() - started, 1)
         evals[name] = work / "eval" / name
     for name, folder in evals.items():
