@@ -70,6 +70,11 @@ def test_table8_markdown_and_latex():
     sft_row = lines.index("| SFT | 5.12 [4.88, 5.38] | 0.625 [0.500, 0.750] | – | – | – |")
     assert lines[sft_row + 1] == "| T2I RL | 5.50 [5.25, 5.75] | – | – | 0.500 [0.250, 0.750] | – |"
     assert "| T2I → Edit → Joint | 6.68 | 0.860 | 86.00 | 0.560 |" in lines
+    assert "interpolation" not in md  # no merge_alpha recorded: no note
+    table["merge_alpha"] = {"t2i": 1.0, "t2i_edit_joint": 0.7, "t2i_edit": 0.5}
+    note = table8_markdown(table).splitlines()[-1]
+    assert note.startswith("Exported as SFT + alpha (policy - SFT)")
+    assert note.endswith(": T2I → Edit 0.5, T2I → Edit → Joint 0.7.")
     tex = table8_latex(table)
     assert r"SFT & 5.12 {\scriptsize [4.88, 5.38]} & 0.625 {\scriptsize [0.500, 0.750]} & -- & -- & -- \\" in tex
     assert r"T2I $\rightarrow$ Edit $\rightarrow$ Joint & 6.68 & 0.860 & 86.00 & 0.560 \\" in tex

@@ -117,6 +117,11 @@ def table8_markdown(table: Mapping) -> str:
                      + " | ".join(_value(paper[name].get(c), _digits(c)) for c in PAPER_COLUMNS) + " |")
     lines += ["", f"Ours: seed {table.get('seed')}, git {str(table.get('git', ''))[:10]}, {table.get('date', '')}. "
               "GEdit on 0-10, the others on 0-1. The paper reports DPG (not run here) and no VQA / MME in Table 8."]
+    merged = {name: a for name, a in (table.get("merge_alpha") or {}).items() if a is not None and a < 1}
+    if merged:
+        which = ", ".join(f"{recipe_label(name)} {merged[name]:g}" for name in _ordered(merged))
+        lines += ["", "Exported as SFT + alpha (policy - SFT), a weight interpolation toward SFT (WiSE-FT; "
+                      f"`merge_alpha` in the recipe YAML; not in the paper): {which}."]
     return "\n".join(lines) + "\n"
 
 

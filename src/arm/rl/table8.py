@@ -19,8 +19,10 @@ import json
 import time
 from pathlib import Path
 
+import yaml
+
 from arm.io import write_atomic, write_json_atomic
-from arm.pipeline import arm_command, eval_all, run_fit
+from arm.pipeline import ROOT, arm_command, eval_all, run_fit
 
 RECIPES = (
     # (Table 8 row key, recipe YAML under experiments/rl/, the row whose export it starts from)
@@ -36,6 +38,12 @@ EVAL_N = 1
 TINY_MIXTURES = {"t2i": {"t2i": 1.0}, "edit": {"edit": 1.0}, "t2i_edit": {"edit": 1.0},
                  "t2i_edit_joint": {"t2i": 0.5, "edit": 0.5}}
 """Each recipe's task mixture, for the ``tiny`` profile where every recipe runs ``experiments/rl/tiny.yaml``."""
+
+
+def recipe_merge_alpha(recipe: str) -> float:
+    """The ``model.merge_alpha`` a recipe YAML under experiments/rl/ sets (``GRPOModule``'s default 1.0 if none)."""
+    config = yaml.safe_load((ROOT / "experiments" / "rl" / f"{recipe}.yaml").read_text())
+    return float((config.get("model") or {}).get("merge_alpha", 1.0))
 
 
 def run_table8(out: str = "results", demo: str = "results/demo", seed: int = 0, profile: str = "shapeworld",
@@ -84,6 +92,8 @@ def run_table8(out: str = "results", demo: str = "results/demo", seed: int = 0, 
                 "--table8", str(table_path), "--seed", str(seed))
     table = json.loads(table_path.read_text())
     table["timings_s"] = timings
+    table["merge_alpha"] = {name: recipe_merge_alpha("tiny" if profile == "tiny" else recipe)
+                            for name, recipe, _ in RECIPES}
     write_json_atomic(table_path, table)
     write_atomic(out_dir / "table8.md", (table8_markdown(table) + "\n").encode())
     print(f"wrote {table_path} and {out_dir / 'table8.md'}")
