@@ -59,6 +59,8 @@ def test_tiny_demo_runs_every_stage_then_skips_them(tmp_path, capsys):
     assert set(table["rows"]) == {"sft", *(name for name, _, _ in RECIPES)}
     assert set(table["timings_s"]) == {f"{kind}_{name}" for name, _, _ in RECIPES for kind in ("rl", "eval")}
     assert table["merge_alpha"] == {name: 1.0 for name, _, _ in RECIPES}  # tiny.yaml sets none
+    again = run_table8(str(tmp_path / "results"), str(out), profile="tiny", eval_limit=4)  # every run skipped
+    assert again["timings_s"] == table["timings_s"] and again["rows"] == table["rows"]
     for name, _, parent in RECIPES:
         config = json.loads((tmp_path / "results" / "table8" / "rl" / name / "override.yaml").read_text())
         expected = out / "ar" / "ar" if parent == "sft" else tmp_path / "results" / "table8" / "rl" / parent / "ar"

@@ -87,6 +87,11 @@ def run_table8(out: str = "results", demo: str = "results/demo", seed: int = 0, 
             eval_all(exports[name], world / "bench", folder, seed, EVAL_N, eval_limit)
             timings[f"eval_{name}"] = round(time.perf_counter() - started, 1)
     table_path = out_dir / "table8.json"
+    if table_path.exists():  # a resumed run keeps the timings of the stages it skipped
+        try:
+            timings = {**json.loads(table_path.read_text()).get("timings_s", {}), **timings}
+        except (json.JSONDecodeError, AttributeError):
+            pass  # an unreadable table is rewritten below
     recipes = [arg for name, _, _ in RECIPES for arg in ("--recipe", f"{name}={evals[name]}")]
     arm_command("eval", "synergy", "--sft", str(evals["sft"]), *recipes, "--out", str(work / "synergy"),
                 "--table8", str(table_path), "--seed", str(seed))
