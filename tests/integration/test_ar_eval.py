@@ -168,9 +168,9 @@ def test_bf16_precision_samples_and_decodes_under_autocast(export, monkeypatch):
     packed, autocast_seen = [], []
     real_packed = sampling.PackedDecoder
 
-    def spy(body, dtype=torch.float32, compile_attention=False):
+    def spy(body, dtype=torch.float32, *args):
         packed.append(dtype)
-        return real_packed(body, dtype, compile_attention)
+        return real_packed(body, dtype, *args)
 
     monkeypatch.setattr(sampling, "PackedDecoder", spy)
     model = load_for_eval(str(export), precision="bf16", batch_size=4)

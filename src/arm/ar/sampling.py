@@ -170,9 +170,7 @@ class _Stepper:
     def __init__(self, model: ARDecoder, cache, fast: bool, dtype: torch.dtype, compile_attention: bool,
                  compile_step: bool, head: str) -> None:
         self.model, self.cache = model, cache
-        self.packed = PackedDecoder(model.body, dtype, compile_attention) if fast else None
-        if fast and compile_step:  # by method: callers that wrap the 3-argument constructor keep working
-            self.packed.use_graph()
+        self.packed = PackedDecoder(model.body, dtype, compile_attention, compile_step) if fast else None
         weight = model.image_head.weight if head == "image" else model.text_head_weight
         self.head = self.packed.pack(weight) if fast else None
         self.head_fn = model.image_logits if head == "image" else model.text_logits

@@ -159,14 +159,7 @@ class PackedDecoder:
                                 torch.cat([m.gate.weight, m.up.weight]).to(dtype), m.down.weight.to(dtype)))
         self.final_norm = body.norm.weight.float()
         self.attend = compiled_attend_one() if compile_attention else None
-        self.graph = None
-        if compile_step:
-            self.use_graph()
-
-    def use_graph(self) -> PackedDecoder:
-        """Run the following steps as one compiled graph each (``decode_step``); returns self."""
-        self.graph = compiled_decode_step()
-        return self
+        self.graph = compiled_decode_step() if compile_step else None
 
     def pack(self, weight: torch.Tensor) -> torch.Tensor:
         """A head matrix in the snapshot's dtype (for the caller's output heads)."""

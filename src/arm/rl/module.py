@@ -107,19 +107,25 @@ def restrict_trainable(model: torch.nn.Module, patterns: list[str]) -> list[str]
     return kept
 
 
-def interpolate_weights(state: dict[str, torch.Tensor], base: dict[str, torch.Tensor], alpha: float
-                        ) -> dict[str, torch.Tensor]:
-    """``base + alpha * (state - base)`` for every tensor (computed in float32, returned in ``state``'s dtypes):
-    alpha 1 is ``state``, 0 is ``base``. Both must hold the same names and shapes."""
+def check_same_layout(state: dict[str, torch.Tensor], base: dict[str, torch.Tensor]) -> None:
+    """ValueError unless ``state`` and the merge ``base`` hold the same names and shapes."""
     if set(state) != set(base):
         only = sorted(set(state) ^ set(base))
         raise ValueError(f"cannot interpolate weights with different names (e.g. {only[:3]}); the merge base must be "
                          f"an export of the same architecture as the policy")
-    merged = {}
     for name, value in state.items():
         if value.shape != base[name].shape:
             raise ValueError(f"cannot interpolate {name!r}: policy shape {tuple(value.shape)}, merge base shape "
                              f"{tuple(base[name].shape)}; the merge base must be an export of the same model size")
+
+
+def interpolate_weights(state: dict[str, torch.Tensor], base: dict[str, torch.Tensor], alpha: float
+                        ) -> dict[str, torch.Tensor]:
+    """``base + alpha * (state - base)`` for every tensor (computed in float32, returned in ``state``'s dtypes):
+    alpha 1 is ``state``, 0 is ``base``. Both must hold the same names and shapes."""
+    check_same_layout(state, base)
+    merged = {}
+    for name, value in state.items():
         start = base[name].to(device=value.device, dtype=torch.float32)
         merged[name] = torch.lerp(start, value.float(), alpha).to(value.dtype)  # exact at alpha 0 and 1
     return merged
@@ -213,7 +219,7 @@ class GRPOModule(L.LightningModule):
             else:
                 base = load_ar_bundle(merge_base, image_tokenizer=False).model.state_dict()
             self._merge_state = {k: v.detach().clone() for k, v in base.items()}
-            interpolate_weights(self.policy.state_dict(), self._merge_state, 1.0)  # names and shapes: fail now
+            check_same_layout(self.policy.state_dict(), self._merge_state)  # fail now, not after training
         dtype = getattr(torch, reference_dtype, None)
         if not isinstance(dtype, torch.dtype):
             raise ValueError(f"reference_dtype {reference_dtype!r} is not a torch dtype; use float32 or bfloat16")

@@ -15,6 +15,7 @@ Simplification: one image per GenEval prompt (the demo's setting), to fit the is
 
 from __future__ import annotations
 
+import inspect
 import json
 import time
 from pathlib import Path
@@ -41,9 +42,12 @@ TINY_MIXTURES = {"t2i": {"t2i": 1.0}, "edit": {"edit": 1.0}, "t2i_edit": {"edit"
 
 
 def recipe_merge_alpha(recipe: str) -> float:
-    """The ``model.merge_alpha`` a recipe YAML under experiments/rl/ sets (``GRPOModule``'s default 1.0 if none)."""
+    """The ``model.merge_alpha`` a recipe YAML under experiments/rl/ sets (else ``GRPOModule``'s default)."""
+    from arm.rl.module import GRPOModule
+
     config = yaml.safe_load((ROOT / "experiments" / "rl" / f"{recipe}.yaml").read_text())
-    return float((config.get("model") or {}).get("merge_alpha", 1.0))
+    default = inspect.signature(GRPOModule.__init__).parameters["merge_alpha"].default
+    return float((config.get("model") or {}).get("merge_alpha", default))
 
 
 def run_table8(out: str = "results", demo: str = "results/demo", seed: int = 0, profile: str = "shapeworld",
