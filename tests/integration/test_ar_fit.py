@@ -184,6 +184,37 @@ def test_compile_blocks_matches_eager_and_refuses_untested_combinations(tiny_wor
         ARModule(str(tiny_world / "tokenizer.json"), str(parts / "tokenizer"), preset="tiny", compile_blocks=True,
                  activation_checkpointing=True)
 
+def test_code_factors_train_resume_and_export_folded(tiny_world, parts, tmp_path):
+    """``model.code_factors``: the factors train, survive a kill/resume, and the export is a plain decoder that
+    computes what the trained factored one does."""
+    from arm.ar.module import ARModule
+
+    out = tmp_path / "factors"
+    checkpointing = ["--trainer.enable_checkpointing", "true", "--trainer.callbacks+=ModelCheckpoint",
+                     f"--trainer.callbacks.dirpath={out / 'checkpoints'}", "--trainer.callbacks.save_last=true",
+                     "--trainer.callbacks.every_n_train_steps=2"]
+    common = [*checkpointing, "--model.code_factors", "true", "--trainer.limit_val_batches", "0"]
+    first = _fit(_args(tiny_world, parts, out, *common, "--trainer.max_steps", "2", "--model.export", "false"))
+    factors = first.model.model.code_factors
+    assert factors is not None and factors.coords.shape == (32, 3)  # the tiny tokenizer's levels [4, 4, 2]
+    assert factors.embed.abs().sum() > 0 and factors.head.abs().sum() > 0  # zero-initialised, then trained
+    saved = torch.load(out / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)["state_dict"]
+    assert torch.equal(saved["model.code_factors.head"], factors.head.detach())
+    cli = _fit(_args(tiny_world, parts, out, *common, "--ckpt_path", "last"))
+    assert cli.trainer.global_step == 4
+    trained = cli.model.model.eval()
+    assert not torch.equal(trained.code_factors.head, factors.head)  # resumed and kept training the factors
+    loaded = load_ar_bundle(str(out / "ar"), image_tokenizer=False).model
+    assert loaded.code_factors is None and loaded.config == trained.config
+    ids = torch.randint(0, trained.config.vocab_size, (2, 11))
+    with torch.no_grad():
+        torch.testing.assert_close(loaded.image_logits(loaded(input_ids=ids)), trained.image_logits(trained(input_ids=ids)),
+                                   atol=1e-5, rtol=1e-5)
+    with pytest.raises(ValueError, match="code_factors needs model.tokenizer_export"):
+        ARModule(str(tiny_world / "tokenizer.json"), None, preset="tiny", num_image_codes=32, image_grid=8,
+                 code_factors=True)
+
+
 @needs_sampler
 def test_commands_on_the_tiny_export(tiny_world, parts, tmp_path, capsys):
     from arm.cli import main as arm

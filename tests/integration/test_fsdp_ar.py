@@ -51,20 +51,24 @@ def _fit(tiny_world, parts, out, train_shards, *extra):  # noqa: F811
             "--trainer.precision", "bf16-mixed", "--trainer.default_root_dir", str(out), *extra]
 
 
-def test_fsdp2_two_processes_match_one_process_and_resume(tiny_world, parts, tmp_path):  # noqa: F811
+@pytest.mark.parametrize("options", [(), pytest.param(("--model.code_factors", "true"), marks=pytest.mark.slow)],
+                         ids=["plain", "code_factors"])
+def test_fsdp2_two_processes_match_one_process_and_resume(tiny_world, parts, tmp_path, options):  # noqa: F811
+    """``code_factors`` (root-level parameters used in and outside the forward) shard like the embedding."""
     shards = write_rank_shards(parts / "codes" / "train", tmp_path / "shards")
     cli = "arm.ar.cli"
+    fit = partial(_fit, tiny_world, parts)
     # The reference stops and resumes at step 2 too: a resumed run re-reads its first epoch's task draws (see
     # the module docstring), in one process as in two.
     ref_ckpt = tmp_path / "ref_ckpt"
     reference = ["--trainer.accumulate_grad_batches", "2", "--trainer.limit_val_batches", "0",
                  *checkpoint_args(ref_ckpt)]
-    run_in_process(cli, _fit(tiny_world, parts, tmp_path / "ref", shards["reference"], "--trainer.max_steps", "2",
-                             *reference, *recorder_args(tmp_path / "ref_first.json")))
-    run_in_process(cli, _fit(tiny_world, parts, tmp_path / "ref", shards["reference"], "--trainer.max_steps", "4",
-                             *reference, *recorder_args(tmp_path / "ref_resumed.json"),
-                             "--ckpt_path", str(ref_ckpt / "last.ckpt")))
+    run_in_process(cli, fit(tmp_path / "ref", shards["reference"], "--trainer.max_steps", "2", *options,
+                            *reference, *recorder_args(tmp_path / "ref_first.json")))
+    run_in_process(cli, fit(tmp_path / "ref", shards["reference"], "--trainer.max_steps", "4", *options,
+                            *reference, *recorder_args(tmp_path / "ref_resumed.json"),
+                            "--ckpt_path", str(ref_ckpt / "last.ckpt")))
     sharded = train_sharded_and_resume(cli, partial(_fit, tiny_world, parts, tmp_path / "fsdp"), shards["ranks"],
-                                       tmp_path, "--model.activation_checkpointing", "true")
+                                       tmp_path, "--model.activation_checkpointing", "true", *options)
     ref = {**read_losses(tmp_path / "ref_first.json"), **read_losses(tmp_path / "ref_resumed.json")}
     assert_losses_match(sharded, ref, LOSS_RTOL)

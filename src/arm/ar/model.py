@@ -21,6 +21,14 @@ Deliberate simplifications:
 - The tied text head is the slice ``embed.weight[:num_text_and_special]``, not a parameter of its own, so
   checkpoints hold the shared matrix once; image rows of the table are never tied to the image head.
 - Initialisation is normal(0, 0.02) for every matrix (Qwen2's ``initializer_range``), zero biases, unit norms.
+
+Optional FSQ code factors (``ARDecoder.enable_code_factors``; not in ARM, our addition): with an FSQ image
+tokenizer every code is a point on a ``levels`` grid, so its embedding row and its image-head row get a shared term
+linear in the code's coordinates, ``row(c) = table[c] + coords(c) @ A``, with one small ``A`` (d, D) each for the
+embedding and the head. Every image token of a batch then trains ``A``, where a table row only learns from its own
+code (4,096 codes, each seen a few times a batch), so neighbouring codes share what they mean from the first steps.
+The term is linear in parameters that only ever appear as ``coords @ A``, so ``fold_code_factors`` adds it into the
+plain rows exactly: exports are ordinary decoders.
 """
 
 from __future__ import annotations
@@ -33,6 +41,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from arm.nn import KVCache, Transformer, TransformerConfig
+from arm.tokenizer.fsq import FSQ
 
 ROPE_CACHE_CAP = 4096
 """Rotary tables are built for at most this many positions up front; ``RotaryEmbedding`` grows them on demand,
@@ -136,6 +145,29 @@ PRESETS: dict[str, ARConfig] = {
 """Named sizes; ``ARConfig.preset(name, num_image_codes=..., ...)`` returns a copy."""
 
 
+CODE_FACTOR_PREFIX = "code_factors."
+
+
+class CodeFactors(nn.Module):
+    """The shared FSQ-coordinate terms of the image rows (see the module docstring).
+
+    ``coords`` (num_codes, d) holds each code's normalised FSQ coordinates (``FSQ.indices_to_codes``, so code ``c``
+    here is code ``c`` of the tokenizer); it is a persistent buffer so that a state dict can be folded on its own.
+    ``embed`` and ``head`` (d, D) start at zero: an enabled model computes exactly what the plain one does until
+    the first update.
+    """
+
+    def __init__(self, levels: list[int], dim: int) -> None:
+        super().__init__()
+        fsq = FSQ(levels)
+        self.register_buffer("coords", fsq.indices_to_codes(torch.arange(fsq.codebook_size)))  # (N, d)
+        self.embed = nn.Parameter(torch.zeros(fsq.dim, dim))
+        self.head = nn.Parameter(torch.zeros(fsq.dim, dim))
+
+    def extra_repr(self) -> str:
+        return f"codes={self.coords.shape[0]}, coords={self.coords.shape[1]}, dim={self.embed.shape[1]}"
+
+
 class ARDecoder(nn.Module):
     """Qwen2 decoder over [text | special | image] ids with a text head and a separate image head (ARM §2)."""
 
@@ -151,7 +183,20 @@ class ARDecoder(nn.Module):
                           else nn.Linear(config.dim, config.num_text_and_special, bias=False))
         self.image_head = (nn.Linear(config.dim, config.num_image_codes, bias=False)
                            if config.num_image_codes > 0 else None)
+        self.code_factors: CodeFactors | None = None
         self.reset_parameters()
+
+    def enable_code_factors(self, levels: list[int]) -> CodeFactors:
+        """Add the FSQ code factors (module docstring) for a tokenizer with these FSQ ``levels``; zero-initialised,
+        so the model's outputs do not change until it trains. Call before building the optimiser."""
+        n = 1
+        for level in levels:
+            n *= int(level)
+        if n != self.config.num_image_codes:
+            raise ValueError(f"FSQ levels {list(levels)} give {n} codes but the model has "
+                             f"{self.config.num_image_codes} image codes; pass the image tokenizer's levels")
+        self.code_factors = CodeFactors([int(v) for v in levels], self.config.dim).to(self.embed.weight.device)
+        return self.code_factors
 
     def reset_parameters(self, std: float = 0.02) -> None:
         for module in self.modules():
@@ -199,8 +244,23 @@ class ARDecoder(nn.Module):
         """
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("pass exactly one of input_ids and inputs_embeds")
-        x = self.embed(input_ids) if inputs_embeds is None else inputs_embeds  # (B, T, D)
+        x = self.embed_ids(input_ids) if inputs_embeds is None else inputs_embeds  # (B, T, D)
         return self.body(x, mask, offset, cache)
+
+    def embedding_weight(self) -> torch.Tensor:
+        """(vocab_size, D): the rows ``input_ids`` are embedded with (the table, plus the code factors' term on
+        the image rows when enabled)."""
+        if self.code_factors is None:
+            return self.embed.weight
+        offset = self.config.image_token_offset
+        rows = self.code_factors.coords.to(self.embed.weight.dtype) @ self.code_factors.embed  # (N, D)
+        return torch.cat([self.embed.weight[:offset], self.embed.weight[offset:] + rows])
+
+    def embed_ids(self, ids: torch.Tensor) -> torch.Tensor:
+        """(...) ids -> (..., D) input embeddings."""
+        if self.code_factors is None:
+            return self.embed(ids)
+        return F.embedding(ids, self.embedding_weight())
 
     @property
     def text_head_weight(self) -> torch.Tensor:
@@ -213,14 +273,39 @@ class ARDecoder(nn.Module):
         """(B, T, D) -> (B, T, text_vocab_size + num_special_tokens)."""
         return F.linear(hidden, self.text_head_weight)
 
-    def image_logits(self, hidden: torch.Tensor) -> torch.Tensor:
-        """(B, T, D) -> (B, T, num_image_codes): logits over image codes (not ids)."""
+    @property
+    def image_head_weight(self) -> torch.Tensor:
+        """(num_image_codes, D): the image head's matrix (plus the code factors' term when enabled)."""
         if self.image_head is None:
             raise ValueError("this decoder has no image head (num_image_codes=0)")
-        return self.image_head(hidden)
+        if self.code_factors is None:
+            return self.image_head.weight
+        factors = self.code_factors
+        return self.image_head.weight + factors.coords.to(factors.head.dtype) @ factors.head
+
+    def image_logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """(B, T, D) -> (B, T, num_image_codes): logits over image codes (not ids)."""
+        return F.linear(hidden, self.image_head_weight)
 
     def num_parameters(self, exclude_embeddings: bool = False) -> int:
         return count_parameters(self, exclude_embeddings)
+
+
+def fold_code_factors(state: dict[str, torch.Tensor], image_token_offset: int) -> dict[str, torch.Tensor]:
+    """A full state dict of a decoder with code factors -> the same decoder's plain state dict (no
+    ``code_factors.*`` keys; image rows of ``embed.weight`` and ``image_head.weight`` hold the factors' terms).
+    Exact up to float rounding: the factors only ever enter the model as these sums. A state without code factors
+    is returned as is."""
+    if CODE_FACTOR_PREFIX + "coords" not in state:
+        return state
+    coords = state[CODE_FACTOR_PREFIX + "coords"].float()
+    out = {k: v for k, v in state.items() if not k.startswith(CODE_FACTOR_PREFIX)}
+    embed = out["embed.weight"].clone()
+    embed[image_token_offset:] += (coords @ state[CODE_FACTOR_PREFIX + "embed"].float()).to(embed.dtype)
+    head = out["image_head.weight"]
+    out["embed.weight"] = embed
+    out["image_head.weight"] = head + (coords @ state[CODE_FACTOR_PREFIX + "head"].float()).to(head.dtype)
+    return out
 
 
 def compile_for_training(model: ARDecoder, dynamic: bool | None = None) -> ARDecoder:

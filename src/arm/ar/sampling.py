@@ -171,8 +171,13 @@ class _Stepper:
                  compile_step: bool, head: str) -> None:
         self.model, self.cache = model, cache
         self.packed = PackedDecoder(model.body, dtype, compile_attention, compile_step) if fast else None
-        weight = model.image_head.weight if head == "image" else model.text_head_weight
-        self.head = self.packed.pack(weight) if fast else None
+        if fast:
+            with torch.no_grad():  # the effective matrices, computed once per call (code factors included)
+                weight = model.image_head_weight if head == "image" else model.text_head_weight
+                self.head = self.packed.pack(weight)
+                self.table = model.embedding_weight()
+        else:
+            self.head = None
         self.head_fn = model.image_logits if head == "image" else model.text_logits
 
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
@@ -186,7 +191,7 @@ class _Stepper:
         if self.packed is None:
             return self.model(input_ids=ids[:, None], cache=self.cache)[:, -1]
         with torch.autocast(ids.device.type, enabled=False):  # the packed weights set the dtype
-            return self.packed.step(self.model.embed(ids), self.cache)
+            return self.packed.step(torch.nn.functional.embedding(ids, self.table), self.cache)
 
 
 def _new_cache(model: ARDecoder, rows: int, length: int, fast: bool, decode_dtype: torch.dtype | None,
