@@ -119,4 +119,7 @@ def benchmark_summary(eval_dir: Path) -> dict:
         "vqa": {"accuracy": metric(vqa, "accuracy")["value"], "ci95": metric(vqa, "accuracy")["ci95"]},
         "mme": {"acc": metric(mme, "acc")["value"], "acc_plus": metric(mme, "acc_plus")["value"]},
         "seconds": read(".").get("seconds", {}),  # per protocol, from `arm eval all`'s own OUT/summary.json
+        # seen / held-out compositions apart (arm.eval.heldout), from the same file
+        "heldout": {k: {part: v[part]["value"] for part in ("seen", "heldout")}
+                    for k, v in read(".").get("heldout", {}).items()},
     }

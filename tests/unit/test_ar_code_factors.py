@@ -115,8 +115,9 @@ def test_sampler_uses_the_effective_rows():
     codes = sample_image_codes(model, prompts, 8, greedy)  # the packed KV-cache decoder
     assert torch.equal(codes, sample_image_codes(folded, prompts, 8, greedy))
     assert torch.equal(codes, sample_image_codes(model, prompts, 8, greedy, kv_cache=False))
-    plain = sample_image_codes(tiny(0), prompts, 8, greedy)
-    assert len({tuple(r) for r in codes.tolist()}) > 1 and not torch.equal(codes, plain)  # not vacuous
+    model.code_factors = None  # the same table and head without the factors' terms draw other codes: not vacuous
+    assert not torch.equal(codes, sample_image_codes(model, prompts, 8, greedy))
+    assert len({tuple(r) for r in codes.tolist()}) > 1
 
 
 def test_levels_must_match_the_codebook():

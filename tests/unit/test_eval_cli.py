@@ -16,7 +16,7 @@ def build_bench(root):
     write_wise_file(root / "wise.jsonl")
     write_gedit_file(root)
     write_images(root)
-    vqa = [{"question_id": i, "image": "images/one.png", "question": q, "answer": a, "type": t}
+    vqa = [{"question_id": i, "image": "images/one.png", "question": q, "answer": a, "type": t, "heldout": i == 0}
            for i, (q, a, t) in enumerate([("Is there a circle?", "yes", "exists"), ("Is there a star?", "no", "exists"),
                                           ("What colour is the circle?", "red", "color_of")])]
     (root / "vqa.jsonl").write_text("".join(json.dumps(r) + "\n" for r in vqa))
@@ -43,6 +43,12 @@ def test_eval_all_on_dummy(tmp_path, capsys):
     # A time for every protocol that ran, none for the skipped one.
     ran = {p for p in ("geneval", "wise", "gedit", "vqa", "mme", "pope", "caption") if "skipped" not in summary[p]}
     assert set(summary["seconds"]) == ran and all(t >= 0 for t in summary["seconds"].values())
+    # The seen / held-out split (arm.eval.heldout): VQA's records carry the flag (question 0 held out); the
+    # other hand-built files do not, so they are left out.
+    assert set(summary["heldout"]) == {"vqa"}
+    assert summary["heldout"]["vqa"]["seen"]["units"] == 2 and summary["heldout"]["vqa"]["heldout"]["units"] == 1
+    assert "| VQA acc | 1.000 [1.000, 1.000] (2) | 1.000 [1.000, 1.000] (1) |" in (
+        tmp_path / "out" / "heldout.md").read_text()
     pope = [json.loads(line) for line in (tmp_path / "out" / "pope" / "data" / "pope.jsonl").read_text().splitlines()]
     assert [(p["text"], p["label"]) for p in pope] == [("Is there a circle?", "yes"), ("Is there a star?", "no")]
     assert (tmp_path / "out" / "mme" / "data" / "existence.txt").is_file()

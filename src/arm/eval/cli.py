@@ -1,7 +1,9 @@
 """``arm eval <protocol> --ckpt CKPT --data FILE --out DIR``: run one benchmark protocol, or all of them.
 
 ``all`` takes ``--data`` as a ShapeWorld bench folder (``DIR/bench`` of ``arm data shapeworld``), runs every
-protocol into ``OUT/<protocol>/`` and writes ``OUT/summary.json`` with each protocol's headline numbers.
+protocol into ``OUT/<protocol>/`` and writes ``OUT/summary.json`` with each protocol's headline numbers, and
+under ``heldout`` (and in ``OUT/heldout.md``) each flagged headline on seen and held-out compositions apart
+(``arm.eval.heldout``).
 Files that are not yet in the real format are converted first (``arm.eval.convert``): MME from
 ``mme.jsonl``, POPE from ``vqa.jsonl``'s existence questions, captions from the world's test shards.
 
@@ -145,11 +147,13 @@ def run_eval(args: argparse.Namespace) -> int:
     if not args.ckpt or not args.data:
         raise ValueError(f"`arm eval {args.protocol}` needs --ckpt CKPT and --data FILE")
     from arm.eval.common import Run
+    from arm.eval.heldout import heldout_split
+    from arm.eval.heldout import markdown as heldout_markdown
     from arm.eval.interface import load_model
     from arm.eval.judges import make_judge
     from arm.eval.openai_client import JudgeUnavailable
     from arm.eval.results import checkpoint_hash, stamp
-    from arm.io import write_json_atomic
+    from arm.io import write_atomic, write_json_atomic
 
     data, out = Path(args.data), Path(args.out)
     if not data.exists():
@@ -177,6 +181,9 @@ def run_eval(args: argparse.Namespace) -> int:
             summary = run_protocol(protocol, run, path, out / protocol, args.n)
             combined["seconds"][protocol] = round(time.perf_counter() - started, 1)
             combined[protocol] = {k: summary[k] for k in HEADLINES[protocol] if k in summary}
+        # Issue 4's "held-out compositions separately": every flagged headline on seen and held-out units.
+        combined["heldout"] = heldout_split(out, args.seed)
+        write_atomic(out / "heldout.md", heldout_markdown(combined["heldout"]).encode())
         write_json_atomic(out / "summary.json", combined)
         print(json.dumps({p: {k: v["value"] if isinstance(v, dict) else v for k, v in combined[p].items()
                               if (isinstance(v, dict) and "value" in v) or k == "skipped"}

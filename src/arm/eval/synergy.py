@@ -82,20 +82,45 @@ def headline_language(rows: list[dict]) -> str | None:
     return languages[0] if languages else None
 
 
-def read_units(folder: str | Path, bench: Benchmark, language: str | None = None) -> dict[str, tuple[str, float]]:
-    """``unit -> (stratum, score)`` for one benchmark of one ``arm eval all`` folder; FileNotFoundError when the
-    protocol's results.jsonl is missing."""
+def read_units(folder: str | Path, bench: Benchmark, language: str | None = None,
+               keep: Callable[[dict], bool] | None = None) -> dict[str, tuple[str, float]]:
+    """``unit -> (stratum, score)`` for one benchmark of one ``arm eval all`` folder, from the rows ``keep``
+    accepts (all by default); FileNotFoundError when the protocol's results.jsonl is missing."""
     path = Path(folder) / bench.protocol / SAMPLES_FILE
     if not path.is_file():
         raise FileNotFoundError(f"no {path}")
     rows = read_jsonl(path)
     if bench.protocol == "gedit":
         rows = [r for r in rows if r.get("instruction_language") == (language or headline_language(rows))]
+    if keep is not None:
+        rows = [r for r in rows if keep(r)]
     grouped: dict[str, tuple[str, list[float]]] = {}
     for row in rows:
         stratum, scores = grouped.setdefault(bench.unit(row), (str(row["stratum"]), []))
         scores.append(float(row[bench.field]))
     return {unit: (stratum, bench.reduce(scores)) for unit, (stratum, scores) in grouped.items()}
+
+
+def combine_strata(strata: Mapping[str, list[float]], combine: str = "pooled", seed: int = 0
+                   ) -> tuple[float, list[float]]:
+    """A headline and its bootstrap 95 % interval from per-unit numbers grouped by stratum, combined as the
+    benchmark combines them (``Benchmark.combine``); NaN when there are none."""
+    names = sorted(n for n in strata if strata[n])
+    if not names:
+        return math.nan, [math.nan, math.nan]
+    if combine == "pooled":
+        return bootstrap_ci([[d for name in names for d in strata[name]]], mean_of, seed)
+    if combine == "strata":
+        return bootstrap_ci([strata[n] for n in names], mean_of_means, seed, stratified=True)
+    if combine == "wise":
+        from arm.eval.wise import WISE_WEIGHTS
+
+        unknown = set(names) - WISE_WEIGHTS.keys()
+        if unknown:
+            raise ValueError(f"WISE rows with groups {sorted(unknown)} outside {sorted(WISE_WEIGHTS)}")
+        return bootstrap_ci([strata[n] for n in names], weighted_mean_of_means([WISE_WEIGHTS[n] for n in names]),
+                            seed, stratified=True)
+    raise ValueError(f"unknown combine {combine!r}; use pooled, strata or wise")
 
 
 def paired_difference(sft: Mapping[str, tuple[str, float]], recipe: Mapping[str, tuple[str, float]],
@@ -106,23 +131,7 @@ def paired_difference(sft: Mapping[str, tuple[str, float]], recipe: Mapping[str,
     strata: dict[str, list[float]] = {}
     for unit in matched:
         strata.setdefault(sft[unit][0], []).append(recipe[unit][1] - sft[unit][1])
-    names = sorted(strata)
-    if not matched:
-        value, ci = math.nan, [math.nan, math.nan]
-    elif combine == "pooled":
-        value, ci = bootstrap_ci([[d for name in names for d in strata[name]]], mean_of, seed)
-    elif combine == "strata":
-        value, ci = bootstrap_ci([strata[n] for n in names], mean_of_means, seed, stratified=True)
-    elif combine == "wise":
-        from arm.eval.wise import WISE_WEIGHTS
-
-        unknown = set(names) - WISE_WEIGHTS.keys()
-        if unknown:
-            raise ValueError(f"WISE rows with groups {sorted(unknown)} outside {sorted(WISE_WEIGHTS)}")
-        value, ci = bootstrap_ci([strata[n] for n in names], weighted_mean_of_means([WISE_WEIGHTS[n] for n in names]),
-                                 seed, stratified=True)
-    else:
-        raise ValueError(f"unknown combine {combine!r}; use pooled, strata or wise")
+    value, ci = combine_strata(strata, combine, seed)
     return {"delta": number(value, ci), "significant": bool(ci[0] > 0 or ci[1] < 0),
             "matched": len(matched), "unmatched_sft": len(sft) - len(matched),
             "unmatched_recipe": len(recipe) - len(matched)}
