@@ -13,7 +13,6 @@ are built without one) are left out.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -47,7 +46,7 @@ def heldout_split(folder: str | Path, seed: int = 0) -> dict:
 def markdown(result: Mapping) -> str:
     """The split as a markdown table (value [95 % interval], units)."""
     def cell(part: Mapping) -> str:
-        if part["value"] is None or (isinstance(part["value"], float) and math.isnan(part["value"])):
+        if part["value"] is None:  # no unit in this part (``number`` turns NaN into None)
             return f"- ({part['units']})"
         low, high = part["ci95"]
         return f"{part['value']:.3f} [{low:.3f}, {high:.3f}] ({part['units']})"
