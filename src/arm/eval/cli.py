@@ -181,6 +181,7 @@ def run_eval(args: argparse.Namespace) -> int:
             summary = run_protocol(protocol, run, path, out / protocol, args.n)
             combined["seconds"][protocol] = round(time.perf_counter() - started, 1)
             combined[protocol] = {k: summary[k] for k in HEADLINES[protocol] if k in summary}
+        write_json_atomic(out / "summary.json", combined)  # the protocols' numbers are kept whatever follows
         # Issue 4's "held-out compositions separately": every flagged headline on seen and held-out units.
         combined["heldout"] = heldout_split(out, args.seed)
         write_atomic(out / "heldout.md", heldout_markdown(combined["heldout"]).encode())
