@@ -440,6 +440,10 @@ DDP_SCRIPT = textwrap.dedent('''
         trainer.fit(model, datamodule=dm)
         with open(os.path.join(out, f"rank{trainer.global_rank}.json"), "w") as f:
             json.dump({"keys": model.seen, "skipped": float(trainer.callback_metrics["data/skipped"])}, f)
+        # Tear gloo down before the interpreter exits: left to exit, a rank aborted once in CI ("terminate called
+        # without an active exception", exit -6) after a run that had passed, as the FSDP tests' ranks did.
+        if torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
 ''')
 
 
