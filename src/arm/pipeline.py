@@ -20,6 +20,18 @@ from arm.io import write_atomic
 ROOT = Path(__file__).resolve().parents[2]
 
 
+def model_settings(module_cls: type, config: str | Path) -> dict:
+    """The ``model`` arguments a stage YAML gives ``module_cls``: its ``__init__`` defaults, overlaid with the
+    YAML's ``model`` section (what LightningCLI would pass; the tables record them beside their rows)."""
+    import inspect
+
+    import yaml
+
+    defaults = {k: p.default for k, p in inspect.signature(module_cls.__init__).parameters.items()
+                if p.default is not inspect.Parameter.empty}
+    return {**defaults, **((yaml.safe_load(Path(config).read_text()) or {}).get("model") or {})}
+
+
 def callbacks(checkpoint_dir: Path, every_n_steps: int) -> list[dict]:
     return [
         {"class_path": "arm.data.datamodule.SkippedSamplesLogger"},

@@ -34,6 +34,7 @@ plain rows exactly: exports are ordinary decoders.
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
 
 import torch
@@ -189,9 +190,7 @@ class ARDecoder(nn.Module):
     def enable_code_factors(self, levels: list[int]) -> CodeFactors:
         """Add the FSQ code factors (module docstring) for a tokenizer with these FSQ ``levels``; zero-initialised,
         so the model's outputs do not change until it trains. Call before building the optimiser."""
-        n = 1
-        for level in levels:
-            n *= int(level)
+        n = math.prod(int(level) for level in levels)
         if n != self.config.num_image_codes:
             raise ValueError(f"FSQ levels {list(levels)} give {n} codes but the model has "
                              f"{self.config.num_image_codes} image codes; pass the image tokenizer's levels")

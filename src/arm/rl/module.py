@@ -215,10 +215,10 @@ class GRPOModule(L.LightningModule):
         self._merge_state = None  # a plain attribute, not a buffer: never in checkpoints
         if merge_alpha < 1.0:
             if merge_base is None or os.path.abspath(merge_base) == os.path.abspath(init_from):
-                base = self.policy.state_dict()  # the starting weights, before any update
-            else:
-                base = load_ar_bundle(merge_base, image_tokenizer=False).model.state_dict()
-            self._merge_state = {k: v.detach().clone() for k, v in base.items()}
+                # the starting weights, copied before any update changes them in place
+                self._merge_state = {k: v.detach().clone() for k, v in self.policy.state_dict().items()}
+            else:  # a model loaded for this alone: its tensors need no copy
+                self._merge_state = load_ar_bundle(merge_base, image_tokenizer=False).model.state_dict()
             check_same_layout(self.policy.state_dict(), self._merge_state)  # fail now, not after training
         dtype = getattr(torch, reference_dtype, None)
         if not isinstance(dtype, torch.dtype):

@@ -15,15 +15,12 @@ Simplification: one image per GenEval prompt (the demo's setting), to fit the is
 
 from __future__ import annotations
 
-import inspect
 import json
 import time
 from pathlib import Path
 
-import yaml
-
 from arm.io import write_atomic, write_json_atomic
-from arm.pipeline import ROOT, arm_command, eval_all, run_fit
+from arm.pipeline import ROOT, arm_command, eval_all, model_settings, run_fit
 
 RECIPES = (
     # (Table 8 row key, recipe YAML under experiments/rl/, the row whose export it starts from)
@@ -45,9 +42,7 @@ def recipe_merge_alpha(recipe: str) -> float:
     """The ``model.merge_alpha`` a recipe YAML under experiments/rl/ sets (else ``GRPOModule``'s default)."""
     from arm.rl.module import GRPOModule
 
-    config = yaml.safe_load((ROOT / "experiments" / "rl" / f"{recipe}.yaml").read_text())
-    default = inspect.signature(GRPOModule.__init__).parameters["merge_alpha"].default
-    return float((config.get("model") or {}).get("merge_alpha", default))
+    return float(model_settings(GRPOModule, ROOT / "experiments" / "rl" / f"{recipe}.yaml")["merge_alpha"])
 
 
 def run_table8(out: str = "results", demo: str = "results/demo", seed: int = 0, profile: str = "shapeworld",

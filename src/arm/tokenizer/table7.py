@@ -77,17 +77,11 @@ def demo_table7(report: dict, config: str | Path, out: str | Path, seed: int = 0
     one, L_sig and L_feat on, in the shipped YAML), so its ``table7.json`` holds that variant's row, read from
     ``report`` (its ``arm tokenizer eval`` file), beside all four paper rows; the other rows render as dashes.
     ``make table7`` trains all four."""
-    import inspect
-
-    import yaml
-
     from arm.eval.results import git_hash
-    from arm.pipeline import ROOT
+    from arm.pipeline import ROOT, model_settings
     from arm.tokenizer.module import TokenizerModule
 
-    defaults = {k: p.default for k, p in inspect.signature(TokenizerModule.__init__).parameters.items()}
-    weights = {"w_sig": defaults["w_sig"], "w_feat": defaults["w_feat"],
-               **((yaml.safe_load(Path(config).read_text()) or {}).get("model") or {})}
+    weights = model_settings(TokenizerModule, config)
     try:  # recorded relative to the checkout, as make table7 records it
         shown = str(Path(config).resolve().relative_to(ROOT))
     except ValueError:
