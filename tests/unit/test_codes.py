@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 import random
 from collections import Counter
 from pathlib import Path
@@ -91,6 +92,37 @@ def test_train_batches_are_bucketed_padded_and_count_skips(tiny_world, codes):
     stream.set_epoch(0)
     with pytest.warns(CorruptSampleWarning):
         assert [b["key"] for b in stream] == [b["key"] for b in batches]
+
+
+def test_understanding_turns_ask_several_questions_in_train_only(tiny_world, codes):
+    mixture = {"vqa": 0.5, "mme": 0.5}
+    stream = _stream(tiny_world, codes, mixture=mixture, understanding_turns=3)
+    builder = stream.builder
+    raws = [r for r in wds.tarfile_samples([{"url": s} for s in stream.shards]) if "codes.npy" in r]
+    answer_id = builder.layout.special_id("<answer>")
+    seen_orders = set()
+    for raw in raws[:12]:
+        meta = json.loads(raw["json"])
+        for epoch in range(3):
+            (ex,) = stream.examples(raw, epoch)
+            items = meta[ex.task]
+            turns = min(3, len(items))
+            assert ex.ids.count(answer_id) == turns
+            # Exactly the answers and their <eos> are scored, and each asked question is one of the sample's own.
+            n_scored = sum(len(builder.tokenizer.encode(str(i["answer"]))) + 1 for i in items)
+            if turns == len(items):
+                assert sum(ex.targets or [True] * (len(ex.ids) - ex.prompt_len)) == n_scored
+            text = builder.tokenizer.decode([i for i in ex.ids if i < builder.layout.text_vocab_size])
+            asked = [i["question"] for i in items if i["question"] in text]
+            assert len(asked) >= turns
+            seen_orders.add(tuple(text.index(q) for q in asked))
+    assert len(seen_orders) > 1  # drawn orders differ between samples and epochs
+    # Val asks one question per sequence whatever the setting.
+    val = _stream(tiny_world, codes, "val", mixture=mixture, understanding_turns=3)
+    for b in val:
+        assert ((b["ids"] == answer_id).sum(1) == 1).all()
+    with pytest.raises(ValueError, match="understanding_turns"):
+        _stream(tiny_world, codes, understanding_turns=0)
 
 
 def test_val_is_deterministic_and_has_every_task(tiny_world, codes):

@@ -78,6 +78,25 @@ def test_understanding_and_caption(builder):
     assert builder.caption_prompt(CODES) == [1, *image, CAP]
 
 
+def test_dialogue_scores_every_answer_and_starts_as_one_question(builder):
+    image = [BOI, H2, W2, *CODE_IDS, EOI]
+    turns = [("what colour", "red"), ("a circle", "blue"), ("what", "a red circle")]
+    ex = builder.dialogue(CODES, turns, task="mme")
+    assert ex.ids == [1, *image, 5, 6, ANS, 3, 1, 2, 4, ANS, 9, 1, 5, ANS, 2, 3, 4, 1] and ex.task == "mme"
+    # Scored: each answer and its <eos>, nothing of the image or the questions.
+    scored = [i for i, flag in enumerate(ex.targets) if flag]
+    assert scored == [12, 13, 17, 18, 21, 22, 23, 24] and len(ex.targets) == len(ex.ids)
+    # The first turn is the single-question sequence (what inference asks); one turn is exactly that sequence.
+    single = builder.understanding(CODES, "what colour", "red", task="mme")
+    assert ex.ids[: len(single.ids)] == single.ids and ex.prompt_len == single.prompt_len
+    assert builder.dialogue(CODES, turns[:1], task="mme") == single
+    batch = collate_examples([ex, builder.t2i("a red circle", CODES)], pad_id=0)
+    assert batch["loss_mask"][0].nonzero().flatten().tolist() == scored
+    assert batch["loss_mask"][1].nonzero().flatten().tolist() == list(range(7, 12))  # suffix rule unchanged
+    with pytest.raises(ValueError, match="at least one"):
+        builder.dialogue(CODES, [])
+
+
 def test_edit_and_each_dropout(builder):
     src = [BOI, H2, W2, *CODE_IDS, EOI]
     head, tail = [BOI, H2, W2], [*TARGET_IDS, EOI]

@@ -15,6 +15,7 @@ suffix)::
 
     t2i       <eos> TEXT <boi> <hH> <wW> | CODES <eoi>
     vqa, mme  <eos> <boi> <hH> <wW> CODES <eoi> QUESTION <answer> | ANSWER <eos>
+    dialogue  <eos> <boi> <hH> <wW> CODES <eoi> Q1 <answer> | A1 <eos> Q2 <answer> A2 <eos> ...
     caption   <eos> <boi> <hH> <wW> CODES <eoi> <caption> | CAPTION <eos>
     edit      <eos> <boi> <hH> <wW> SRC <eoi> INSTRUCTION <boi> <hH> <wW> | TARGET <eoi>
 
@@ -39,7 +40,9 @@ Deliberate simplifications:
   CPU) or leak the previous sample's prompt into the next image.
 - Grid-shape tokens cover sides 1..``MAX_GRID_SIDE``; code grids are taken to be square when only the number of
   codes is known (the tokenizer's grids are).
-- Only the answer of an understanding sample is scored, not the question; the shape tokens and ``<boi>`` of a
+- Only the answers of an understanding sample are scored, not the questions (in a dialogue, the scored tokens are
+  each turn's ANSWER <eos>, so its loss mask is not a suffix; its first turn is exactly the single-question
+  sequence, which is what inference asks); the shape tokens and ``<boi>`` of a
   generated image are part of its prompt (the sampler writes a fixed grid), ``<eoi>`` is scored.
 """
 
@@ -163,11 +166,13 @@ def square_grid(num_codes: int) -> tuple[int, int]:
 
 @dataclass
 class Example:
-    """One sequence: ``ids[:prompt_len]`` is the prompt, every later id is a loss target."""
+    """One sequence: ``ids[:prompt_len]`` is the prompt; every later id is a loss target, unless ``targets``
+    (one flag per id, all False in the prompt) says which are (a dialogue's answers)."""
 
     ids: list[int]
     prompt_len: int
     task: str
+    targets: list[bool] | None = None
 
     @property
     def prompt(self) -> list[int]:
@@ -214,12 +219,13 @@ class SequenceBuilder:
         return [*self.layout.grid_header(self._grid(codes)), *self.layout.image_ids(codes),
                 self.layout.special_id(EOI)]
 
-    def _example(self, prompt: list[int], completion: list[int] | None, task: str) -> Example:
+    def _example(self, prompt: list[int], completion: list[int] | None, task: str,
+                 targets: list[bool] | None = None) -> Example:
         ids = prompt + (completion or [])
         if self.max_len is not None and len(ids) > self.max_len:
             raise ValueError(f"{task} sequence of {len(ids)} tokens is longer than max_len {self.max_len}; raise "
                              f"max_len (and the model's max_seq_len) or shorten the text")
-        return Example(ids, len(prompt), task)
+        return Example(ids, len(prompt), task, targets)
 
     # ---------------------------------------------------------------------------------------- builders
 
@@ -234,6 +240,23 @@ class SequenceBuilder:
         """``<eos> IMAGE QUESTION <answer> | ANSWER <eos>`` (``task`` is "vqa" or "mme", for per-task logs)."""
         prompt = [self.eos, *self.image_block(codes), *self._text(question), self.layout.special_id(ANSWER)]
         return self._example(prompt, None if answer is None else [*self._text(answer), self.eos], task)
+
+    def dialogue(self, codes: Sequence[int], turns: Sequence[tuple[str, str]], task: str = "vqa") -> Example:
+        """``<eos> IMAGE Q1 <answer> | A1 <eos> Q2 <answer> A2 <eos> ...``: several questions about one image in one
+        sequence, as multi-turn visual instruction data is (LLaVA, Liu et al. 2023, §4), scoring only each turn's
+        ``ANSWER <eos>``. One turn is exactly ``understanding``."""
+        if not turns:
+            raise ValueError("a dialogue needs at least one (question, answer) turn")
+        answer_id = self.layout.special_id(ANSWER)
+        first_q, first_a = turns[0]
+        prompt = [self.eos, *self.image_block(codes), *self._text(first_q), answer_id]
+        completion = [*self._text(first_a), self.eos]
+        targets = [False] * len(prompt) + [True] * len(completion)
+        for question, answer in turns[1:]:
+            asked, said = [*self._text(question), answer_id], [*self._text(answer), self.eos]
+            completion += asked + said
+            targets += [False] * len(asked) + [True] * len(said)
+        return self._example(prompt, completion, task, targets if len(turns) > 1 else None)
 
     def caption(self, codes: Sequence[int], caption: str | None = None) -> Example:
         """``<eos> IMAGE <caption> | CAPTION <eos>``."""
@@ -346,7 +369,10 @@ def example_tensors(example: Example, width: int, pad_id: int) -> tuple[torch.Te
     ids = torch.full((width,), pad_id, dtype=torch.long)
     ids[:n] = torch.tensor(example.ids, dtype=torch.long)
     loss = torch.zeros(width, dtype=torch.bool)
-    loss[example.prompt_len: n] = True
+    if example.targets is None:
+        loss[example.prompt_len: n] = True
+    else:
+        loss[:n] = torch.tensor(example.targets, dtype=torch.bool)
     return ids, loss
 
 

@@ -7,7 +7,9 @@ shuffling, epochs and corrupt-sample counting, see ``arm.data.datamodule``) whos
 sequences (``arm.ar.sequences``) instead of image samples:
 
 - train: one task per sample and epoch, drawn with the mixture weights from the tasks the sample supports
-  (renormalised), seeded by ``(seed, epoch, key)``; condition dropout (CFG) drawn the same way.
+  (renormalised), seeded by ``(seed, epoch, key)``; condition dropout (CFG) drawn the same way. With
+  ``understanding_turns`` > 1 a vqa or mme sequence asks up to that many of the sample's questions of that task,
+  in a drawn order, as one dialogue (``SequenceBuilder.dialogue``).
 - val / test: every task with a positive weight, for every sample, without dropout, each choice (which VQA
   question, which MME question, which t2i text) fixed by ``(seed, key)``: the same sequences every time.
 
@@ -83,8 +85,9 @@ def supported_tasks(sample: dict) -> list[str]:
 
 def task_example(builder: SequenceBuilder, sample: dict, task: str, seed: int, epoch: int,
                  rng: random.Random | None = None, dropout: ConditionDropout | None = None,
-                 t2i_caption_prob: float = 0.0) -> Example:
-    """The ``task`` sequence of one code sample; ``rng`` (train) draws the t2i text and the condition dropout."""
+                 t2i_caption_prob: float = 0.0, understanding_turns: int = 1) -> Example:
+    """The ``task`` sequence of one code sample; ``rng`` (train) draws the t2i text, the condition dropout and,
+    with ``understanding_turns`` > 1, which questions a vqa / mme dialogue asks and in what order."""
     meta, key, codes = sample["meta"], sample["key"], sample["codes"]
     if task == "t2i":
         prompt = (meta.get("geneval") or {}).get("prompt")
@@ -92,6 +95,9 @@ def task_example(builder: SequenceBuilder, sample: dict, task: str, seed: int, e
         drop_text, _ = dropout.draw(task, rng) if dropout and rng else (False, False)
         return builder.t2i(meta["caption"] if use_caption else prompt, codes, drop_text)
     if task in ("vqa", "mme"):
+        if understanding_turns > 1 and rng is not None:
+            items = rng.sample(meta[task], min(understanding_turns, len(meta[task])))
+            return builder.dialogue(codes, [(i["question"], str(i["answer"])) for i in items], task)
         item = meta[task][pick_index(len(meta[task]), seed, key, epoch, task)]
         return builder.understanding(codes, item["question"], str(item["answer"]), task)
     if task == "caption":
@@ -113,13 +119,14 @@ class CodeStream(ShapeWorldStream):
         bucket_pool: batches' worth of sequences sorted together (1 = no bucketing).
         max_len: longest sequence; longer ones are skipped and counted.
         t2i_caption_prob: train t2i sequences use the caption instead of the GenEval-style prompt this often.
+        understanding_turns: train vqa / mme sequences ask up to this many questions each (1 = one question).
     """
 
     def __init__(self, shards: list[str], tokenizer_path: str, mixture: dict[str, float] | None = None,
                  dropout: ConditionDropout | None = None, batch_size: int = 32, train: bool = False,
                  shuffle_buffer: int = 1000, seed: int = 0, max_samples: int | None = None, rank: int | None = None,
                  world_size: int | None = None, bucket_pool: int = 16, max_len: int = 256,
-                 t2i_caption_prob: float = 0.3) -> None:
+                 t2i_caption_prob: float = 0.3, understanding_turns: int = 1) -> None:
         # The parent's per-task image builders are not used: ``_built`` below replaces them.
         super().__init__(shards, "scene", batch_size, train, shuffle_buffer, seed, max_samples, rank, world_size)
         if bucket_pool < 1:
@@ -130,6 +137,10 @@ class CodeStream(ShapeWorldStream):
         self.bucket_pool = bucket_pool
         self.max_len = max_len
         self.t2i_caption_prob = t2i_caption_prob
+        if understanding_turns < 1:
+            raise ValueError(f"understanding_turns must be >= 1 (1 = one question per sequence), got "
+                             f"{understanding_turns}")
+        self.understanding_turns = understanding_turns
         self._builder: SequenceBuilder | None = None
 
     @property
@@ -154,7 +165,8 @@ class CodeStream(ShapeWorldStream):
             return [task_example(self.builder, sample, t, self.seed, 0) for t in tasks]
         rng = random.Random(f"ar/{self.seed}/{epoch}/{sample['key']}")
         task = rng.choices(tasks, weights=[self.mixture[t] for t in tasks])[0]
-        return [task_example(self.builder, sample, task, self.seed, epoch, rng, self.dropout, self.t2i_caption_prob)]
+        return [task_example(self.builder, sample, task, self.seed, epoch, rng, self.dropout, self.t2i_caption_prob,
+                             self.understanding_turns)]
 
     def _built(self, raws: Iterator[dict], counter: SkipCounter) -> Iterator[dict]:
         epoch = self.epoch if self.train else 0
@@ -198,6 +210,7 @@ class CodeDataModule(ShapeWorldDataModule):
         mixture: dict[str, float] | None = None,
         dropout: ConditionDropout | None = None,
         t2i_caption_prob: float = 0.3,
+        understanding_turns: int = 1,
         batch_size: int = 32,
         num_workers: int = 0,
         shuffle_buffer: int = 1000,
@@ -219,6 +232,9 @@ class CodeDataModule(ShapeWorldDataModule):
                 ``DEFAULT_MIXTURE``. Val/test build every task with a positive weight.
             dropout: condition-dropout probabilities for classifier-free guidance (train only).
             t2i_caption_prob: share of train t2i sequences that use the caption instead of the GenEval prompt.
+            understanding_turns: a train vqa / mme sequence asks up to this many of its image's questions (of
+                that task) as one multi-turn dialogue, scoring every answer (1 = one question per sequence).
+                Val / test sequences always ask one, so their metrics do not depend on it.
             batch_size: sequences per batch and process.
             num_workers: DataLoader workers per process.
             shuffle_buffer: train sample shuffle buffer.
@@ -233,6 +249,7 @@ class CodeDataModule(ShapeWorldDataModule):
         self.mixture = check_mixture(dict(DEFAULT_MIXTURE if mixture is None else mixture))
         self.dropout = dropout or ConditionDropout()
         self.t2i_caption_prob = t2i_caption_prob
+        self.understanding_turns = understanding_turns
         self.bucket_pool = bucket_pool
         self.max_len = max_len
 
@@ -247,7 +264,8 @@ class CodeDataModule(ShapeWorldDataModule):
         rank, world_size = self._rank()
         return CodeStream(self.shards(split), self.tokenizer_path, self.mixture, self.dropout, self.batch_size,
                           train, self.shuffle_buffer, self.seed, None if train else self.val_samples, rank,
-                          world_size, self.bucket_pool, self.max_len, self.t2i_caption_prob)
+                          world_size, self.bucket_pool, self.max_len, self.t2i_caption_prob,
+                          self.understanding_turns)
 
     def eval_samples(self, split: str = "val", num: int = 64) -> list[dict]:
         """The first ``num`` code samples of a split, decoded (``decode_code_sample``), for generation metrics."""
