@@ -147,6 +147,45 @@ def test_caption_batch_feeds_the_lm_a_subset_in_training_only(parts, monkeypatch
     assert torch.isfinite(val_parts["cap"])
 
 
+def test_sig_queue_adds_earlier_captions_as_negatives_in_training_only(parts):
+    from arm.tokenizer.module import TokenizerModule
+
+    torch.manual_seed(0)
+    module = TokenizerModule(str(parts / "teacher"), lm_dir=None, levels=[4, 4, 3], w_cap=0.0, w_pix=0.0,
+                             w_feat=0.0, sig_queue=3)
+    batches = [(torch.rand(2, 3, 64, 64), captions) for captions in
+               (["a red circle", "a blue square"], ["a green star", "a gray cross"], ["a pink diamond", "a red star"])]
+
+    def by_hand(images, captions, negatives):
+        """SigLIP's loss written out: +1 for each image's own caption, -1 for the other captions and every negative."""
+        with torch.no_grad():
+            feats = module.teacher.patch_features(images)
+            z_q, _, _ = module.model.quantize_scaled(feats, 1.0)
+            img = module.model.pooled_embedding(z_q)
+            texts = torch.cat([module.teacher.embed_texts(captions), *negatives])
+            logits = module.model.logit_scale.exp() * img @ texts.T + module.model.logit_bias
+            labels = -torch.ones_like(logits)
+            labels[:, : len(captions)] += 2 * torch.eye(len(captions))
+            return -torch.nn.functional.logsigmoid(labels * logits).sum() / len(captions)
+
+    module.train()
+    queued: list[torch.Tensor] = []
+    for images, captions in batches:
+        expected = by_hand(images, captions, [torch.cat(queued)[:3]] if queued else [])
+        got, _, _ = module.losses(images, captions)
+        torch.testing.assert_close(got["sig"].detach(), expected)
+        with torch.no_grad():
+            queued.insert(0, module.teacher.embed_texts(captions))  # newest first, at most sig_queue kept
+    torch.testing.assert_close(module._text_queue, torch.cat(queued)[:3])
+    # Validation scores a batch against its own captions only, and leaves the queue alone.
+    module.eval()
+    before = module._text_queue.clone()
+    with torch.no_grad():
+        val, _, _ = module.losses(*batches[0])
+    torch.testing.assert_close(val["sig"], by_hand(*batches[0], []))
+    assert torch.equal(module._text_queue, before)
+
+
 def test_bad_inputs_are_one_line_errors(parts, tmp_path, capsys):
     from arm.tokenizer.module import TokenizerModule
 
@@ -158,6 +197,8 @@ def test_bad_inputs_are_one_line_errors(parts, tmp_path, capsys):
         TokenizerModule(str(parts / "teacher"), lm_dir=None, w_cap=0.0, semantic_grad_scale=1.5)
     with pytest.raises(ValueError, match="caption_batch must be >= 0"):
         TokenizerModule(str(parts / "teacher"), lm_dir=None, w_cap=0.0, caption_batch=-1)
+    with pytest.raises(ValueError, match="sig_queue"):
+        TokenizerModule(str(parts / "teacher"), lm_dir=None, w_cap=0.0, sig_queue=-1)
     with pytest.raises(ValueError, match="decoder.image_size"):
         from arm.tokenizer.pixel_decoder import PixelDiTConfig
 

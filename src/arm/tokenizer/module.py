@@ -28,7 +28,8 @@ train features.
 Knobs beyond the paper, off by default (the paper's recipe) and set in the embedded default's YAML by measurement
 (experiments/LOG.md, 2026-12-04): ``semantic_grad_scale`` < 1 lets L_cap, L_sig and L_feat reach the FSQ encoder
 with a scaled gradient (the layers after FSQ get theirs in full), so the codes stay fitted to the pixels;
-``sig_pool="map"`` pools z_q for L_sig with a learned attention head rather than the teacher's fixed pooling.
+``sig_pool="map"`` pools z_q for L_sig with a learned attention head rather than the teacher's fixed pooling;
+``sig_queue`` > 0 gives L_sig, in training, the text embeddings of earlier batches' captions as extra negatives.
 """
 
 from __future__ import annotations
@@ -42,7 +43,7 @@ import torch.nn.functional as F
 
 from arm.nn import TransformerConfig
 from arm.optim import adamw_warmup_cosine, trainer_total_steps
-from arm.teacher.losses import sigmoid_contrastive_loss
+from arm.teacher.losses import sigmoid_contrastive_loss, sigmoid_contrastive_loss_with_negatives
 from arm.tokenizer.evaluate import TokenizerEvaluator
 from arm.tokenizer.metrics import InceptionFeatures
 from arm.tokenizer.model import SemanticTokenizer, TokenizerConfig, load_tokenizer_teacher, save_tokenizer
@@ -63,6 +64,11 @@ class TokenizerModule(L.LightningModule):
         cond_drop_prob: probability of dropping z_q for the pixel decoder (decoder-side CFG).
         sig_pool: how L_sig, zero-shot and the probes pool z_q: ``"teacher"`` (mean or max, as the teacher pools
             its features) or ``"map"`` (a learned attention-pooling head, ``arm.tokenizer.model.AttentionPool``).
+        sig_queue: in training, L_sig also scores every image against the teacher's text embeddings of the last
+            ``sig_queue`` captions of earlier batches, as negatives (MoCo's queue, He et al. 2020; the text tower is
+            frozen, so the queued embeddings are exact, not stale, and need no momentum encoder). A small batch then
+            keeps the negatives a larger one had. The queue is not checkpointed (a resumed run refills it within
+            a few steps); validation scores the batch alone, so ``val/loss_sig`` does not depend on it.
         semantic_grad_scale: factor on the gradient that L_cap, L_sig and L_feat send through the codes into the
             projection's encoder (the symmetric projection after FSQ and the heads get it in full; L_pix always
             in full). 1 is the paper; less keeps the codes for the pixels (experiments/LOG.md, 2026-12-04).
@@ -90,6 +96,7 @@ class TokenizerModule(L.LightningModule):
         w_feat: float = 1.0,
         cond_drop_prob: float = 0.1,
         sig_pool: str = "teacher",
+        sig_queue: int = 0,
         semantic_grad_scale: float = 1.0,
         lr: float = 1e-3,
         weight_decay: float = 0.0,
@@ -106,6 +113,8 @@ class TokenizerModule(L.LightningModule):
         super().__init__()
         if not 0.0 <= semantic_grad_scale <= 1.0:
             raise ValueError(f"model.semantic_grad_scale must lie in [0, 1] (1 = the paper), got {semantic_grad_scale}")
+        if sig_queue < 0:
+            raise ValueError(f"model.sig_queue must be >= 0 (0 = the batch's own captions only), got {sig_queue}")
         if caption_batch < 0:
             raise ValueError(f"model.caption_batch must be >= 0 (0 = every caption), got {caption_batch}")
         self.save_hyperparameters()
@@ -138,6 +147,7 @@ class TokenizerModule(L.LightningModule):
             raise ValueError(f"decoder.image_size {config.decoder.image_size} differs from the teacher's image size "
                              f"{tc.image_size}: set model.decoder.image_size={tc.image_size}")
         self.model = SemanticTokenizer(config)
+        self._text_queue: torch.Tensor | None = None  # (<= sig_queue, E) earlier batches' caption embeddings
         # Built here so that a bad path fails before training; not a submodule: never checkpointed or sharded.
         self._inception = InceptionFeatures(inception_weights) if inception_weights and w_pix > 0 else None
 
@@ -192,8 +202,7 @@ class TokenizerModule(L.LightningModule):
         if hp.w_sig > 0:
             with torch.no_grad():
                 text = self.teacher.embed_texts(captions)  # (B, E)
-            out["sig"] = sigmoid_contrastive_loss(self.model.pooled_embedding(z_sem), text, self.model.logit_scale,
-                                                  self.model.logit_bias)
+            out["sig"] = self._sig_loss(self.model.pooled_embedding(z_sem), text)
         if hp.w_cap > 0:
             from arm.ar.lm_module import encode_captions
             from arm.ar.model import prefix_caption_loss
@@ -205,6 +214,20 @@ class TokenizerModule(L.LightningModule):
         if hp.w_pix > 0:
             out["pix"] = self.model.decoder.loss(images, z_q, hp.cond_drop_prob)
         return out, z_q, indices
+
+    def _sig_loss(self, image: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
+        """L_sig of pooled image embeddings (B, E) against their captions' (B, E), plus, in training, the queued
+        captions of earlier batches as negatives (``sig_queue``); the queue then takes this batch's captions."""
+        scale, bias = self.model.logit_scale, self.model.logit_bias
+        queue = self._text_queue if self.training else None
+        if queue is None or len(queue) == 0:
+            loss = sigmoid_contrastive_loss(image, text, scale, bias)
+        else:
+            loss = sigmoid_contrastive_loss_with_negatives(image, text, queue.to(text.dtype), scale, bias)
+        if self.training and self.hparams.sig_queue > 0:
+            fresh = text.detach().float()
+            self._text_queue = (fresh if queue is None else torch.cat([fresh, queue]))[: self.hparams.sig_queue]
+        return loss
 
     def _total(self, parts: dict[str, torch.Tensor]) -> torch.Tensor:
         return sum(getattr(self.hparams, f"w_{name}") * value for name, value in parts.items())
