@@ -123,6 +123,8 @@ def test_understanding_turns_ask_several_questions_in_train_only(tiny_world, cod
         assert ((b["ids"] == answer_id).sum(1) == 1).all()
     with pytest.raises(ValueError, match="understanding_turns"):
         _stream(tiny_world, codes, understanding_turns=0)
+    with pytest.raises(ValueError, match="understanding_turns"):  # the data module says so before any stream
+        CodeDataModule(str(tiny_world / "tokenizer.json"), data_dir=str(codes), understanding_turns=0)
 
 
 def test_val_is_deterministic_and_has_every_task(tiny_world, codes):

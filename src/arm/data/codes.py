@@ -61,6 +61,13 @@ def check_mixture(mixture: dict[str, float]) -> dict[str, float]:
     return {t: float(w) for t, w in mixture.items() if w > 0}
 
 
+def check_turns(understanding_turns: int) -> int:
+    if understanding_turns < 1:
+        raise ValueError(f"understanding_turns must be >= 1 (1 = one question per sequence), got "
+                         f"{understanding_turns}")
+    return understanding_turns
+
+
 def _npy(data: bytes) -> np.ndarray:
     return np.load(io.BytesIO(data), allow_pickle=False).astype(np.int64)
 
@@ -137,10 +144,7 @@ class CodeStream(ShapeWorldStream):
         self.bucket_pool = bucket_pool
         self.max_len = max_len
         self.t2i_caption_prob = t2i_caption_prob
-        if understanding_turns < 1:
-            raise ValueError(f"understanding_turns must be >= 1 (1 = one question per sequence), got "
-                             f"{understanding_turns}")
-        self.understanding_turns = understanding_turns
+        self.understanding_turns = check_turns(understanding_turns)
         self._builder: SequenceBuilder | None = None
 
     @property
@@ -249,7 +253,7 @@ class CodeDataModule(ShapeWorldDataModule):
         self.mixture = check_mixture(dict(DEFAULT_MIXTURE if mixture is None else mixture))
         self.dropout = dropout or ConditionDropout()
         self.t2i_caption_prob = t2i_caption_prob
-        self.understanding_turns = understanding_turns
+        self.understanding_turns = check_turns(understanding_turns)
         self.bucket_pool = bucket_pool
         self.max_len = max_len
 
