@@ -184,6 +184,7 @@ def test_compile_blocks_matches_eager_and_refuses_untested_combinations(tiny_wor
         ARModule(str(tiny_world / "tokenizer.json"), str(parts / "tokenizer"), preset="tiny", compile_blocks=True,
                  activation_checkpointing=True)
 
+
 def test_code_factors_train_resume_and_export_folded(tiny_world, parts, tmp_path):
     """``model.code_factors``: the factors train, survive a kill/resume, and the export is a plain decoder that
     computes what the trained factored one does."""

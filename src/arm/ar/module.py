@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 import time
 from pathlib import Path
@@ -71,9 +72,7 @@ def tokenizer_export_config(directory: str) -> dict[str, Any]:
 def tokenizer_export_info(directory: str) -> tuple[int, tuple[int, int]]:
     """(codebook size, code grid) of an image-tokenizer export, read from its config.json alone."""
     config = tokenizer_export_config(directory)
-    codebook = 1
-    for level in config["levels"]:
-        codebook *= int(level)
+    codebook = math.prod(int(level) for level in config["levels"])
     side = int(config["decoder"]["image_size"]) // int(config["decoder"]["patch_size"])
     return codebook, (side, side)
 
