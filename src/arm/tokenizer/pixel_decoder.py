@@ -28,6 +28,13 @@ Choices and simplifications:
   MLP is ``arm.nn.SwiGLU``; the adaLN norms are LayerNorms without affine parameters, as in DiT.
 - The timestep embedding and adaLN are the only time conditioning; z_q is not pooled into adaLN.
 - Plain Euler with uniform steps; no timestep shift, no higher-order solver.
+- Optional edge term (``edge_weight``, not in ARM; our addition): L_pix adds ``edge_weight`` times the mean squared
+  horizontal and vertical finite differences of the velocity error, the gradient difference loss of Mathieu et al.
+  2016 ("Deep multi-scale video prediction beyond mean square error"). The plain MSE spends its gradient on areas
+  and colours, where most pixels are; the difference term is non-zero only where the error changes from one pixel
+  to the next, i.e. along outlines and corners, which is where a decoder trained on MSE alone draws a square as a
+  rounded blob. With x-prediction the velocity error is the clean-image error over 1 - t, so the term weighs time
+  steps as the MSE does. Measured on the embedded default in experiments/LOG.md (2026-12-05, ninth session).
 - Width rule: keep ``dim >= channels * patch_size**2``. The velocity contains the noise x0, which the network can
   only recover from x_t if the patch embedding does not squeeze a patch below its pixel count (measured on an
   overfitting test: a 48-value patch into width 32 plateaus at ~0.6 of the initial loss, 12 into 32 reaches ~0.1).
@@ -69,6 +76,8 @@ class PixelDiTConfig:
             Generative Models Denoise"); the loss is on the velocity either way. With patches as wide as the
             model ("width rule" above) a v-network must carry the noise through itself; an x-network need not.
         time_freq_dim: width of the sinusoidal timestep features before the MLP.
+        edge_weight: weight of the edge term of L_pix (module docstring): the squared finite differences of the
+            velocity error, next to its plain mean squared error; 0 is the plain rectified-flow loss.
     """
 
     image_size: int = 64
@@ -83,6 +92,7 @@ class PixelDiTConfig:
     time_std: float = 1.0
     prediction: str = "x"
     time_freq_dim: int = 256
+    edge_weight: float = 0.0
 
     @property
     def grid(self) -> int:
@@ -111,6 +121,15 @@ def sincos_2d(grid: int, dim: int) -> torch.Tensor:
     coords = torch.arange(grid, dtype=torch.float32)
     rows, cols = coords.repeat_interleave(grid), coords.repeat(grid)  # (P,), (P,)
     return torch.cat([sincos_1d(rows, dim // 2), sincos_1d(cols, dim - dim // 2)], dim=-1)  # (P, dim)
+
+
+def edge_loss(error: torch.Tensor) -> torch.Tensor:
+    """Mean squared horizontal plus mean squared vertical finite difference of ``error`` (..., H, W): the gradient
+    difference loss (Mathieu et al. 2016) between a prediction and its target when ``error`` is their difference.
+    Zero for an error that is constant over the image."""
+    dx = error[..., :, 1:] - error[..., :, :-1]
+    dy = error[..., 1:, :] - error[..., :-1, :]
+    return dx.square().mean() + dy.square().mean()
 
 
 def modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
@@ -147,6 +166,8 @@ class PixelDiT(nn.Module):
             raise ValueError(f"prediction must be 'v' or 'x', got {config.prediction!r}")
         if config.time_std <= 0:
             raise ValueError(f"time_std must be > 0 (the logit-normal's scale), got {config.time_std}")
+        if config.edge_weight < 0:
+            raise ValueError(f"edge_weight must be >= 0 (0 turns the edge term off), got {config.edge_weight}")
         if config.time_sampling not in ("logit_normal", "uniform"):
             raise ValueError(f"time_sampling must be 'logit_normal' or 'uniform', got {config.time_sampling!r}")
         self.config, self.cond_dim = config, cond_dim
@@ -212,7 +233,17 @@ class PixelDiT(nn.Module):
 
     def loss(self, images: torch.Tensor, cond: torch.Tensor, cond_drop_prob: float = 0.0,
              generator: torch.Generator | None = None) -> torch.Tensor:
-        """L_pix: MSE between predicted and true velocity. ``images`` (B, C, H, W) in [0, 1]; ``cond`` (B, N, F)."""
+        """L_pix: MSE between predicted and true velocity, plus ``edge_weight`` x ``edge_loss`` of that error.
+        ``images`` (B, C, H, W) in [0, 1]; ``cond`` (B, N, F)."""
+        error = self.velocity_error(images, cond, cond_drop_prob, generator)
+        loss = error.square().mean()
+        if self.config.edge_weight > 0:
+            loss = loss + self.config.edge_weight * edge_loss(error)
+        return loss
+
+    def velocity_error(self, images: torch.Tensor, cond: torch.Tensor, cond_drop_prob: float = 0.0,
+                       generator: torch.Generator | None = None) -> torch.Tensor:
+        """Predicted minus true velocity (B, C, H, W), fp32, at noise and times drawn from ``generator``."""
         x1 = images.float() * 2 - 1  # (B, C, H, W) in [-1, 1]
         B, device = x1.shape[0], x1.device
         x0 = torch.randn(x1.shape, device=device, generator=generator)
@@ -223,7 +254,7 @@ class PixelDiT(nn.Module):
         if cond_drop_prob > 0:
             drop = torch.rand(B, device=device, generator=generator) < cond_drop_prob  # (B,)
         v = self.predict_velocity(x_t, t, cond, drop)
-        return F.mse_loss(v.float(), x1 - x0)
+        return v.float() - (x1 - x0)
 
     def predict_velocity(self, x_t: torch.Tensor, t: torch.Tensor, cond: torch.Tensor,
                          drop: torch.Tensor | None = None) -> torch.Tensor:
