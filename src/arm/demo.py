@@ -22,8 +22,9 @@ interrupted stage starts again (every stage writes its files atomically). Stages
     row (``make table7`` trains all four variants, its own 30 minutes)
 Training stages resume from their last checkpoint when cut off (``pipeline.run_fit``).
 
-Demo budgets: the stages' own YAMLs carry each issue's full budget (AR <= 15 min, RL <= 10 min); the whole demo
-must fit 30 minutes on 2 cores, so the ``Profile`` shortens the AR and RL runs, validates the AR run once (at its
+Demo budgets: the stages' own YAMLs carry each issue's full budget (teacher + LM + tokenizer <= 12 min, AR <= 15
+min, RL <= 10 min); the whole demo must fit 30 minutes on 2 cores, so the ``Profile`` shortens the tokenizer (800
+of its YAML's 1,200 steps), AR and RL runs, validates the AR run once (at its
 end: each validation costs ~15-25 s of greedy VQA and sample grids), samples one image per GenEval prompt and
 evaluates with images sampled and decoded in bf16 (``pipeline.eval_all``). The summary records what was run. Only
 the text-to-image RL recipe runs here; ``make table8`` runs all four.
@@ -45,8 +46,8 @@ from arm.pipeline import arm_command, eval_all
 class Profile:
     """What a demo run uses: the world's size, the stages' YAML name, step budgets and eval settings.
 
-    ``steps`` shortens the AR and RL runs (their YAMLs carry each issue's full budget, which together do not fit
-    the demo's 30 minutes); ``eval_n`` is images per GenEval prompt; ``eval_limit`` keeps only the first K records
+    ``steps`` shortens the tokenizer, AR and RL runs (their YAMLs carry each issue's full budget, which together do
+    not fit the demo's 30 minutes); ``eval_n`` is images per GenEval prompt; ``eval_limit`` keeps only the first K records
     of each bench file (None = all)."""
 
     world: dict
@@ -58,10 +59,10 @@ class Profile:
 
 PROFILES = {
     "shapeworld": Profile({"num_train": 20000, "num_val": 1000, "num_test": 1000, "resolution": 64}, "shapeworld",
-                          {"ar": 1200, "rl": 40}),
+                          {"tokenizer": 800, "ar": 1200, "rl": 40}),
     # The whole pipeline in about a minute, for the test suite: tiny world, every stage's tiny YAML.
     "tiny": Profile({"num_train": 64, "num_val": 32, "num_test": 32, "resolution": 64, "shard_size": 32,
-                     "workers": 1}, "tiny", {"ar": 4, "rl": 2}, eval_n=1, eval_limit=4),
+                     "workers": 1}, "tiny", {"tokenizer": 4, "ar": 4, "rl": 2}, eval_n=1, eval_limit=4),
 }
 DEMO_WORLD = PROFILES["shapeworld"].world
 
@@ -125,7 +126,9 @@ def run_demo(out: str = "results/demo", seed: int = 0, until: str | None = None,
               lambda: _fit_stage("tokenizer", out_dir / "tokenizer", prof,
                                  model={"teacher_dir": str(out_dir / "teacher" / "teacher"),
                                         "lm_dir": str(out_dir / "lm" / "lm")},
-                                 data={"data_dir": str(world)})),
+                                 data={"data_dir": str(world)},
+                                 trainer={"max_steps": prof.steps["tokenizer"],
+                                          "val_check_interval": max(1, prof.steps["tokenizer"] // 2)})),
         Stage("tokenizer_eval", [out_dir / "tokenizer_eval.json", out_dir / "table7.json"],
               lambda: _tokenizer_eval_stage(world, out_dir, prof, seed)),
         Stage("codes", [out_dir / "codes" / split / "done.json" for split in ("train", "val", "test")],

@@ -30,19 +30,32 @@ def warmup_cosine_factor(warmup_steps: int, total_steps: int | None):
 
 
 def adamw_warmup_cosine(
-    params: Iterable[torch.nn.Parameter],
+    params: Iterable[torch.nn.Parameter] | Iterable[tuple[Iterable[torch.nn.Parameter], float]],
     lr: float,
     weight_decay: float,
     betas: tuple[float, float],
     warmup_steps: int,
     total_steps: int | None,
 ) -> dict[str, Any]:
-    """``configure_optimizers``'s return value: decay on tensors with >= 2 dims (not norms, biases, scalars)."""
-    params = [p for p in params if p.requires_grad]
-    groups = [
-        {"params": [p for p in params if p.ndim >= 2], "weight_decay": weight_decay},
-        {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0},
-    ]
+    """``configure_optimizers``'s return value: decay on tensors with >= 2 dims (not norms, biases, scalars).
+
+    ``params`` is either parameters, all at ``lr``, or ``(parameters, lr_scale)`` pairs, each part at ``lr x
+    lr_scale`` under the same warm-up and cosine (a parameter listed twice is an error)."""
+    items = list(params)
+    parts = items if items and isinstance(items[0], tuple) else [(items, 1.0)]
+    groups, seen = [], set()
+    for part, scale in parts:
+        if scale <= 0:
+            raise ValueError(f"a learning-rate scale must be > 0, got {scale}")
+        part = [p for p in part if p.requires_grad]
+        if seen & {id(p) for p in part}:
+            raise ValueError("a parameter appears in two learning-rate groups")
+        seen |= {id(p) for p in part}
+        for decay in (True, False):
+            chosen = [p for p in part if (p.ndim >= 2) == decay]
+            if chosen:
+                groups.append({"params": chosen, "weight_decay": weight_decay if decay else 0.0, "lr": lr * scale})
+    params = [p for g in groups for p in g["params"]]
     opt = torch.optim.AdamW(groups, lr=lr, betas=tuple(betas))
     from arm.parallel import is_sharded, materialize_optimizer_state
 

@@ -126,6 +126,7 @@ def benchmark_summary(eval_dir: Path) -> dict:
                  "per_category": {k: v.get("value") for k, v in wise.get("per_category", {}).items()}},
         "gedit": {"overall": metric(gedit, "overall")["value"], "ci95": metric(gedit, "overall")["ci95"],
                   "sc": metric(gedit, "sc")["value"], "pq": metric(gedit, "pq")["value"],
+                  "edit_success": metric(gedit, "edit_success")["value"],
                   "per_type": {k: (v.get("overall") or {}).get("value") if isinstance(v, dict) else v
                                for k, v in gedit.get("per_type", {}).items()}},
         "vqa": {"accuracy": metric(vqa, "accuracy")["value"], "ci95": metric(vqa, "accuracy")["ci95"]},

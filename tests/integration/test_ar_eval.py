@@ -75,6 +75,11 @@ def test_eval_all_layouts_stamps_and_determinism(export, bench, tiny_world, tmp_
     module = ARModule(str(tiny_world / "tokenizer.json"), num_image_codes=32, image_grid=8, preset="tiny")
     settings = first["config"]["model_settings"]
     assert {k: settings[k] for k in validation_sampling(module.hparams)} == validation_sampling(module.hparams)
+    assert settings["text_cfg"] == settings["cfg"] == 2.0  # no val_edit_text_cfg: edits take the text-to-image scale
+    own = validation_sampling({**module.hparams, "val_cfg": 6.0, "val_edit_text_cfg": 2.5})
+    assert (own["cfg"], own["text_cfg"], own["image_cfg"]) == (6.0, 2.5, 1.25)
+    old = {k: v for k, v in module.hparams.items() if k != "val_edit_text_cfg"}  # a run saved before the option
+    assert validation_sampling({**old, "val_cfg": 3.0})["text_cfg"] == 3.0
     assert settings["source"].startswith("ARModule defaults") and settings["answer"] == "greedy"
     for protocol in ("geneval", "wise", "gedit", "vqa", "mme", "pope", "caption"):
         assert "skipped" not in first[protocol], protocol

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from arm.ar.model import ARConfig, ARDecoder
-from arm.ar.module import load_ar_bundle, save_ar
+from arm.ar.module import load_ar_bundle, save_ar, validation_sampling
 from arm.ar.sequences import SPECIAL_TOKENS
 from arm.data.text_tokenizer import TextTokenizer
 from arm.nn import TransformerConfig
@@ -41,7 +41,9 @@ def sft_export(tiny_world, tmp_path_factory):
     save_tokenizer(SemanticTokenizer(config), str(root / "tokenizer"), str(root / "teacher"), None)
     ar = ARConfig.preset("tiny", text_vocab_size=vocab, num_image_codes=32, num_special_tokens=len(SPECIAL_TOKENS),
                          max_seq_len=256)
-    save_ar(ARDecoder(ar).state_dict(), ar, (8, 8), str(root / "sft" / "ar"), str(text_tok), str(root / "tokenizer"))
+    sampling = {**validation_sampling(), "cfg": 4.5, "text_cfg": 2.5}  # as an SFT export stores its validation's
+    save_ar(ARDecoder(ar).state_dict(), ar, (8, 8), str(root / "sft" / "ar"), str(text_tok), str(root / "tokenizer"),
+            sampling)
     return root / "sft" / "ar"
 
 
@@ -83,8 +85,10 @@ def test_grpo_fit_logs_resumes_and_exports(tiny_world, sft_export, tmp_path):
     for key, value in module.policy.state_dict().items():
         assert torch.equal(export.model.state_dict()[key], value.cpu()), key
     meta = json.loads((out / "ar" / "config.json").read_text())
-    assert meta["grid"] == [8, 8] and meta["tokenizer_export"] == json.loads(
-        (sft_export / "config.json").read_text())["tokenizer_export"]
+    sft_meta = json.loads((sft_export / "config.json").read_text())
+    assert meta["grid"] == [8, 8] and meta["tokenizer_export"] == sft_meta["tokenizer_export"]
+    # ... sampled as its initialisation is (arm eval's defaults), so a recipe and SFT are compared like with like.
+    assert meta["sampling"] == sft_meta["sampling"] and meta["sampling"]["cfg"] == 4.5
 
 
 def test_missing_policy_export_is_a_one_line_error(tiny_world, tmp_path):

@@ -124,6 +124,19 @@ def test_zero_weight_removes_branch(parts, monkeypatch):
     assert no_sig.model.config.readout == "teacher"
 
 
+def test_decoder_lr_scale_sets_the_pixel_decoders_rate_only(parts):
+    from arm.tokenizer.module import TokenizerModule
+
+    module = TokenizerModule(str(parts / "teacher"), lm_dir=None, levels=[4, 4, 3], w_cap=0.0, lr=2e-3,
+                             warmup_steps=0, decoder_lr_scale=2.5)
+    opt = module.configure_optimizers()["optimizer"]
+    decoder = {id(p) for p in module.model.decoder.parameters()}
+    rate = {id(p): g["lr"] for g in opt.param_groups for p in g["params"]}
+    assert set(rate) == {id(p) for p in module.model.parameters() if p.requires_grad}  # teacher stays out
+    for p in module.model.parameters():
+        assert rate[id(p)] == pytest.approx(2e-3 * (2.5 if id(p) in decoder else 1.0))
+
+
 def test_caption_batch_feeds_the_lm_a_subset_in_training_only(parts, monkeypatch):
     import arm.ar.model as ar_model
     from arm.tokenizer.module import TokenizerModule
@@ -199,6 +212,8 @@ def test_bad_inputs_are_one_line_errors(parts, tmp_path, capsys):
         TokenizerModule(str(parts / "teacher"), lm_dir=None, w_cap=0.0, caption_batch=-1)
     with pytest.raises(ValueError, match="sig_queue"):
         TokenizerModule(str(parts / "teacher"), lm_dir=None, w_cap=0.0, sig_queue=-1)
+    with pytest.raises(ValueError, match="decoder_lr_scale must be > 0"):
+        TokenizerModule(str(parts / "teacher"), lm_dir=None, w_cap=0.0, decoder_lr_scale=0.0)
     with pytest.raises(ValueError, match="decoder.image_size"):
         from arm.tokenizer.pixel_decoder import PixelDiTConfig
 

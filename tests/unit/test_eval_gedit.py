@@ -66,6 +66,10 @@ def test_gedit_layout_and_hand_computed_scores(tmp_path):
     assert summary["overall"]["value"] == pytest.approx((5 + 10) / 2)
     assert summary["sc"]["value"] == pytest.approx((5 + 10) / 2) and summary["pq"]["value"] == 10
     assert summary["headline_language"] == "en"
+    # Edit success (ours): k1 and k3 parse to their targets, k2 (the source unchanged) does not -> 2 of 3.
+    assert [rows[k]["target_match"] for k in ("k1", "k2", "k3")] == [1.0, 0.0, 1.0]
+    assert summary["edit_success"]["value"] == pytest.approx(2 / 3)
+    assert summary["per_type"]["color_alter"]["edit_success"]["value"] == 0.5
 
 
 def test_gedit_over_editing_by_hand():
@@ -79,6 +83,7 @@ def test_gedit_over_editing_by_hand():
     changed = (np.abs(source.astype(int) - edited.astype(int)).max(axis=2) > 8) & outside
     pixels_kept = 1 - changed.sum() / outside.sum()
     assert parts["instruction_success"] == 10  # the new green square is there, the blue one is not
+    assert parts["target_match"] == 0.0  # ... but the circle went too: the image is not the target scene
     # Kept facts: background and circle; only the background is found -> 1/2, below the pixel share kept.
     assert pixels_kept > 0.5
     assert parts["no_overediting"] == pytest.approx(10 * min(0.5, pixels_kept))

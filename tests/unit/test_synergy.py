@@ -104,6 +104,19 @@ def test_gedit_compares_the_headline_language_only(tmp_path):
     result = synergy(tmp_path / "sft", {"t2i": tmp_path / "rl"})
     assert result["rows"]["t2i"]["gedit_overall"]["delta"]["value"] == pytest.approx(2.0)  # (1 + 3) / 2, English
     assert "skipped" in result["rows"]["t2i"]["vqa"]
+    assert "skipped" in result["rows"]["t2i"]["gedit_success"]  # these rows carry no target_match (a VLM judge's)
+
+
+def test_edit_success_is_a_pooled_share_of_edits(tmp_path):
+    def rows(matches):
+        return [{"sample_id": f"k{i}", "stratum": t, "score": 1.0, "overall_score": 1.0, "semantics_score": 1.0,
+                 "quality_score": 1.0, "instruction_language": "en", "task_type": t, "target_match": m}
+                for i, (t, m) in enumerate(matches)]
+
+    write_rows(tmp_path / "sft", "gedit", rows([("color", 0.0), ("color", 0.0), ("remove", 1.0), ("add", 0.0)]))
+    write_rows(tmp_path / "rl", "gedit", rows([("color", 1.0), ("color", 1.0), ("remove", 1.0), ("add", 0.0)]))
+    cell = synergy(tmp_path / "sft", {"edit": tmp_path / "rl"})["rows"]["edit"]["gedit_success"]
+    assert cell["delta"]["value"] == pytest.approx(2 / 4)  # pooled over edits: 1/4 -> 3/4, not a mean of types
 
 
 def test_write_synergy_table_and_chart(tmp_path):

@@ -64,12 +64,14 @@ def test_run_table7_trains_each_variant_once_and_writes_both_files(tmp_path, mon
     monkeypatch.setattr(arm.tokenizer.tools, "run_eval", fake_eval)
     for _ in range(2):  # the second call finds every eval.json and trains nothing
         result = run_table7(out=str(tmp_path), demo=str(tmp_path / "demo"), steps=3)
-    assert sorted(fits) == [("sig0_feat0", 0.0, 0.0, {"max_steps": 3}), ("sig0_feat1", 0.0, 1.0, {"max_steps": 3}),
-                            ("sig1_feat0", 5.0, 0.0, {"max_steps": 3}), ("sig1_feat1", 5.0, 1.0, {"max_steps": 3})]
+    budget = {"max_steps": 3, "val_check_interval": 1}  # validated halfway, as the YAML's own budget is
+    assert sorted(fits) == [("sig0_feat0", 0.0, 0.0, budget), ("sig0_feat1", 0.0, 1.0, budget),
+                            ("sig1_feat0", 5.0, 0.0, budget), ("sig1_feat1", 5.0, 1.0, budget)]
     saved = json.loads((tmp_path / "table7.json").read_text())
     assert saved["rows"]["sig1_feat1"]["psnr"] == 19.0 and saved["rows"]["sig0_feat0"]["train_seconds"] == 1.5
     assert {"git", "date", "seed", "config"} <= set(saved) and saved == json.loads(json.dumps(result))
     assert "| ✓ | ✓ |" in (tmp_path / "table7.md").read_text()
+    assert saved["steps"] == 3 and "`experiments/tokenizer/shapeworld.yaml` at 3 steps" in (tmp_path / "table7.md").read_text()
 
 
 def test_demo_table7_holds_the_row_its_yaml_trains(tmp_path):

@@ -122,6 +122,7 @@ class ARModule(L.LightningModule):
         val_generate: int = 64,
         grid_images: int = 8,
         val_cfg: float = 2.0,
+        val_edit_text_cfg: float | None = None,
         val_edit_image_cfg: float = 1.25,
         val_top_k: int = 50,
         val_decode_steps: int = 10,
@@ -160,8 +161,11 @@ class ARModule(L.LightningModule):
                 -0.17 (one seed each), so the shipped YAMLs leave it off.
             val_generate: val images whose VQA and MME questions are answered by greedy decoding (0 = skip).
             grid_images: images per TensorBoard grid (0 = no grids).
-            val_cfg: CFG scale of the val text-to-image grid, and the text scale of the edit grid.
+            val_cfg: CFG scale of the val text-to-image grid.
+            val_edit_text_cfg: text-guidance scale of the edit grid (None = ``val_cfg``).
             val_edit_image_cfg: image-guidance scale of the edit grid.
+            The grids' settings are stored in the export as its sampling defaults (``validation_sampling``), which
+            ``arm eval`` uses unless ``--sampling`` says otherwise.
             val_top_k: top-k of the grids' sampling (temperature 1).
             val_decode_steps: pixel-decoder steps of the grids.
             export: write ``<default_root_dir>/ar`` at the end of fit.
@@ -365,7 +369,8 @@ class ARModule(L.LightningModule):
             self._bundle = TokenizerBundle.load(hp.tokenizer_export).to(self.device)
         generator = torch.Generator(device=self.device).manual_seed(0)
         grids = sample_grids(self.model, self.builder, self._bundle, self._eval_samples[: hp.grid_images],
-                             hp.val_cfg, hp.val_edit_image_cfg, hp.val_top_k, hp.val_decode_steps, generator)
+                             hp.val_cfg, hp.val_edit_image_cfg, hp.val_top_k, hp.val_decode_steps, generator,
+                             edit_text_cfg=edit_text_scale(hp))
         for name, image in grids.items():
             experiment.add_image(f"val/{name}_grid", image, self.global_step)
 
@@ -401,9 +406,16 @@ def validation_sampling(hparams: Any = None) -> dict[str, Any]:
 
     if hparams is None:
         hparams = {name: p.default for name, p in inspect.signature(ARModule.__init__).parameters.items()}
-    return {"cfg": float(hparams["val_cfg"]), "text_cfg": float(hparams["val_cfg"]),
+    return {"cfg": float(hparams["val_cfg"]), "text_cfg": edit_text_scale(hparams),
             "image_cfg": float(hparams["val_edit_image_cfg"]), "temperature": 1.0, "top_k": int(hparams["val_top_k"]),
             "top_p": 1.0, "decoder_steps": int(hparams["val_decode_steps"]), "decoder_cfg": 1.0}
+
+
+def edit_text_scale(hparams: Any) -> float:
+    """The edit grid's text-guidance scale: ``val_edit_text_cfg``, or ``val_cfg`` when that is None (or absent, as in
+    runs saved before it existed)."""
+    scale = hparams.get("val_edit_text_cfg")
+    return float(hparams["val_cfg"] if scale is None else scale)
 
 
 def save_ar(state: dict[str, torch.Tensor], config: ARConfig, grid: tuple[int, int], directory: str,

@@ -25,7 +25,7 @@ PROTOCOLS = ("geneval", "wise", "gedit", "vqa", "mme", "pope", "caption")
 HEADLINES = {
     "geneval": ("overall", "per_tag"),
     "wise": ("overall", "per_group", "per_category"),
-    "gedit": ("overall", "sc", "pq", "per_type"),
+    "gedit": ("overall", "sc", "pq", "edit_success", "per_type"),
     "vqa": ("accuracy", "per_type"),
     "mme": ("acc", "acc_plus", "total_score"),
     "pope": ("accuracy", "precision", "recall", "f1", "yes_ratio"),

@@ -19,6 +19,8 @@ recomputes O per sample, then averages); the benchmark's numbers are the unweigh
 per-type means, per instruction language. The headline ``overall``, ``sc``, ``pq`` are those of English (GEdit-
 Bench-EN, which the ARM paper reports) when present, else of the first language. Intervals: samples resampled
 within each task type. How the ShapeWorld judge fills the four sub-scores: ``arm.eval.judges``.
+Not GEdit's, ours: with a judge that parses scenes (the ShapeWorld judge), ``edit_success`` is the share of edits
+whose image parses to the target scene (``target_match`` per row; a plain mean over edits, and per task type).
 Not reproduced: GEdit's separate "intersection" subset (records flagged ``Intersection_exist``).
 """
 
@@ -56,6 +58,11 @@ def summarize_language(rows: list[dict], seed: int) -> dict:
                            for name, field in (("sc", "semantics_score"), ("pq", "quality_score"),
                                                ("overall", "overall_score"))} for t in types}
     out["counts"] = {t: sum(r["task_type"] == t for r in rows) for t in types}
+    if rows and all(r.get("target_match") is not None for r in rows):
+        out["edit_success"] = number(*bootstrap_ci([[r["target_match"] for r in rows]], mean_of, seed))
+        for t in types:
+            out["per_type"][t]["edit_success"] = number(*bootstrap_ci(
+                [[r["target_match"] for r in rows if r["task_type"] == t]], mean_of, seed))
     return out
 
 
@@ -65,7 +72,8 @@ def summarize(rows: list[dict], seed: int) -> dict:
                     for lang in languages}
     headline = per_language[languages[0]] if languages else {
         k: number(math.nan, [math.nan, math.nan]) for k in ("sc", "pq", "overall")}
-    return {"overall": headline["overall"], "sc": headline["sc"], "pq": headline["pq"],
+    extra = {"edit_success": headline["edit_success"]} if "edit_success" in headline else {}
+    return {"overall": headline["overall"], "sc": headline["sc"], "pq": headline["pq"], **extra,
             "per_type": headline.get("per_type", {}), "headline_language": languages[0] if languages else None,
             "per_language": per_language}
 
@@ -111,6 +119,7 @@ def run_gedit(run: Run, data: str | Path, out: str | Path) -> dict:
             "overall_score": overall, **{k: parts[k] for k in ("instruction_success", "no_overediting",
                                                                "naturalness", "no_artifacts")},
             "reason": parts.get("reason", ""), "heldout": record.get("heldout"),
+            **({"target_match": parts["target_match"]} if "target_match" in parts else {}),
         })
     summary = {**run.stamp("gedit"), "judge": run.judge.name, "records": len(records), **skipped.summary(),
                **summarize(rows, run.seed)}

@@ -33,13 +33,17 @@ def heldout_split(folder: str | Path, seed: int = 0) -> dict:
             continue
         entry = {"label": bench.label}
         for part, flag in PARTS.items():
-            units = read_units(folder, bench, keep=lambda row, flag=flag: row.get("heldout") is flag)
+            try:
+                units = read_units(folder, bench, keep=lambda row, flag=flag: row.get("heldout") is flag)
+            except FileNotFoundError:  # a field this folder's rows lack (edit success from the VLM judge)
+                break
             strata: dict[str, list[float]] = {}
             for stratum, score in units.values():
                 strata.setdefault(stratum, []).append(score)
             value, ci = combine_strata(strata, bench.combine, seed)
             entry[part] = {**number(value, ci), "units": len(units)}
-        result[key] = entry
+        else:
+            result[key] = entry
     return result
 
 

@@ -23,7 +23,9 @@ ShapeWorld judge, and how its numbers map onto each benchmark's scale:
   the image side, closest first; ``edit_facts_scores``). instruction_success = 10 x (new facts found + gone facts not found) / (new + gone);
   no_overediting = 10 x min(kept facts found / (kept facts + unexplained detections), 1 - share of pixels
   outside the edit mask changed by more than 8 (``preservation``)); naturalness = 10 x ``palette``;
-  no_artifacts = 10 x ``parse`` x ``stray`` (``arm.eval.quality``).
+  no_artifacts = 10 x ``parse`` x ``stray`` (``arm.eval.quality``). ``target_match`` (issue 4's edit success, not a
+  GEdit score): 1 when the edited image parses to the target scene at these facts' tolerance (every intended
+  change made, every kept fact found, nothing unexplained), else 0.
 Simplification: a moved or added object must land within ``POSITION_TOL`` of where the reference edit put it,
 though the instruction names only a region or direction.
 
@@ -160,6 +162,7 @@ class ShapeWorldJudge:
             "no_overediting": 10.0 * min(facts["kept"], pixels),
             "naturalness": 10.0 * parts["palette"],
             "no_artifacts": 10.0 * parts["parse"] * parts["stray"],
+            "target_match": float(facts["success"] == 1.0 and facts["kept"] == 1.0),
             "reason": json.dumps({**facts, "pixels_kept": pixels, **parts}, sort_keys=True),
         }
 

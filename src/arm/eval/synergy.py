@@ -55,6 +55,7 @@ BENCHMARKS: dict[str, Benchmark] = {
     "gedit_overall": _gedit("overall_score", "GEdit O (0-10)", "overall"),
     "gedit_sc": _gedit("semantics_score", "GEdit SC (0-10)", "sc"),
     "gedit_pq": _gedit("quality_score", "GEdit PQ (0-10)", "pq"),
+    "gedit_success": Benchmark("Edit success", "gedit", "edit_success", field="target_match"),
     "geneval": Benchmark("GenEval", "geneval", "overall", combine="strata",
                          unit=lambda row: str(row["sample_id"]).split("/")[0]),
     "wise": Benchmark("WISE", "wise", "overall", combine="wise"),
@@ -94,6 +95,8 @@ def read_units(folder: str | Path, bench: Benchmark, language: str | None = None
         rows = [r for r in rows if r.get("instruction_language") == (language or headline_language(rows))]
     if keep is not None:
         rows = [r for r in rows if keep(r)]
+    if any(bench.field not in r for r in rows):  # e.g. edit success from a judge that does not parse scenes
+        raise FileNotFoundError(f"{path} rows have no {bench.field!r}")
     grouped: dict[str, tuple[str, list[float]]] = {}
     for row in rows:
         stratum, scores = grouped.setdefault(bench.unit(row), (str(row["stratum"]), []))

@@ -364,4 +364,5 @@ class GRPOModule(L.LightningModule):
                 state = interpolate_weights(state, self._merge_state, self.hparams.merge_alpha)
             source = self.hparams.init_from
             save_ar(state, self.policy.config, tuple(self.meta["grid"]), self.export_dir(),
-                    os.path.join(source, self.meta["text_tokenizer"]), self.meta.get("tokenizer_export"))
+                    os.path.join(source, self.meta["text_tokenizer"]), self.meta.get("tokenizer_export"),
+                    self.meta.get("sampling"))  # evaluated as its initialisation is, so Table 8 compares like with like

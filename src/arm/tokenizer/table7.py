@@ -52,7 +52,7 @@ def run_table7(out: str = "results", demo: str = "results/demo", seed: int = 0, 
         if not eval_path.exists():
             model = {"teacher_dir": str(demo_dir / "teacher" / "teacher"), "lm_dir": str(demo_dir / "lm" / "lm"),
                      "w_sig": 5.0 if sig else 0.0, "w_feat": 1.0 if feat else 0.0}
-            trainer = {"max_steps": steps} if steps else None
+            trainer = {"max_steps": steps, "val_check_interval": max(1, steps // 2)} if steps else None
             seconds = run_fit("tokenizer", "experiments/tokenizer/shapeworld.yaml", run_dir, model,
                               {"data_dir": str(world), "seed": seed}, trainer)
             # Through the real `arm tokenizer eval` parser, so every option it defines gets its default here too.
@@ -65,7 +65,7 @@ def run_table7(out: str = "results", demo: str = "results/demo", seed: int = 0, 
         rows[name] = {"l_sig": sig, "l_feat": feat, **json.loads(eval_path.read_text())}
     result = {"rows": rows, "paper": {variant_name(*k): v for k, v in PAPER_ROWS.items()}, "seed": seed,
               "git": git_hash(), "date": datetime.date.today().isoformat(),
-              "config": "experiments/tokenizer/shapeworld.yaml", "world": str(world)}
+              "config": "experiments/tokenizer/shapeworld.yaml", "steps": steps, "world": str(world)}
     write_json_atomic(Path(out) / "table7.json", result)
     write_atomic(Path(out) / "table7.md", markdown(result).encode())
     print(markdown(result))
@@ -140,7 +140,9 @@ def markdown(result: dict) -> str:
             f"{probe.get('count', float('nan')):.3f} "
             f"| {row.get('semantic_recon_acc', float('nan')):.3f} |")
     lines += ["", "Notes:", *missing_note(result), *ordering_notes(result), *readout_notes(result), "",
-              f"Ours: ShapeWorld val, `{result['config']}`, seed {result['seed']}, git {result['git'][:10]}, "
+              f"Ours: ShapeWorld val, `{result['config']}`"
+              + (f" at {result['steps']} steps" if result.get("steps") else "")
+              + f", seed {result['seed']}, git {result['git'][:10]}, "
               f"{result['date']}. Zero-shot = mean of colour and shape zero-shot accuracy (paper: ImageNet)."]
     return "\n".join(lines) + "\n"
 
