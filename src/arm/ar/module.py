@@ -164,10 +164,10 @@ class ARModule(L.LightningModule):
             val_cfg: CFG scale of the val text-to-image grid.
             val_edit_text_cfg: text-guidance scale of the edit grid (None = ``val_cfg``).
             val_edit_image_cfg: image-guidance scale of the edit grid.
-            The grids' settings are stored in the export as its sampling defaults (``validation_sampling``), which
-            ``arm eval`` uses unless ``--sampling`` says otherwise.
             val_top_k: top-k of the grids' sampling (temperature 1).
-            val_decode_steps: pixel-decoder steps of the grids.
+            val_decode_steps: pixel-decoder steps of the grids. The grids' settings are stored in the export as its
+                sampling defaults (``validation_sampling``), which ``arm eval`` uses unless ``--sampling`` says
+                otherwise.
             export: write ``<default_root_dir>/ar`` at the end of fit.
         """
         super().__init__()
