@@ -280,11 +280,11 @@ class TokenizerModule(L.LightningModule):
 
     def configure_optimizers(self) -> dict[str, Any]:
         hp = self.hparams
-        decoder = {id(p) for p in self.model.decoder.parameters()}
-        rest = [p for p in self.model.parameters() if id(p) not in decoder]
-        groups = [(rest, 1.0), (list(self.model.decoder.parameters()), hp.decoder_lr_scale)]
-        return adamw_warmup_cosine(groups, hp.lr, hp.weight_decay, hp.betas, hp.warmup_steps,
-                                   trainer_total_steps(self))
+        decoder = list(self.model.decoder.parameters())
+        ids = {id(p) for p in decoder}
+        rest = [p for p in self.model.parameters() if id(p) not in ids]
+        return adamw_warmup_cosine([(rest, 1.0), (decoder, hp.decoder_lr_scale)], hp.lr, hp.weight_decay, hp.betas,
+                                   hp.warmup_steps, trainer_total_steps(self))
 
     def export_dir(self) -> str:
         return os.path.join(self.trainer.default_root_dir, "tokenizer")
