@@ -44,7 +44,7 @@ bench-gpu: $(if $(GPU_PY),,setup)
 	PYTHONPATH=src $(or $(GPU_PY),$(PY)) scripts/bench_gpu.py --param-dtype bf16 --out results/bench_gpu.json $(BENCH_GPU_ARGS)
 
 table7: setup
-	$(VENV)/bin/arm tokenizer table7 --out results --demo results/demo --steps 800
+	$(VENV)/bin/arm tokenizer table7 --out results --demo results/demo --steps 650
 
 # Table 8 (RL recipes x benchmarks, paired intervals against SFT); needs `make demo` first (its SFT export).
 table8: setup

@@ -23,8 +23,8 @@ interrupted stage starts again (every stage writes its files atomically). Stages
 Training stages resume from their last checkpoint when cut off (``pipeline.run_fit``).
 
 Demo budgets: the stages' own YAMLs carry each issue's full budget (teacher + LM + tokenizer <= 12 min, AR <= 15
-min, RL <= 10 min); the whole demo must fit 30 minutes on 2 cores, so the ``Profile`` shortens the tokenizer (800
-of its YAML's 1,200 steps), AR and RL runs, validates the AR run once (at its
+min, RL <= 10 min); the whole demo must fit 30 minutes on 2 cores, so the ``Profile`` shortens the tokenizer (650
+of its YAML's 1,100 steps), AR and RL runs, validates the AR run once (at its
 end: each validation costs ~15-25 s of greedy VQA and sample grids), samples one image per GenEval prompt and
 evaluates with images sampled and decoded in bf16 (``pipeline.eval_all``). The summary records what was run. Only
 the text-to-image RL recipe runs here; ``make table8`` runs all four.
@@ -59,7 +59,7 @@ class Profile:
 
 PROFILES = {
     "shapeworld": Profile({"num_train": 20000, "num_val": 1000, "num_test": 1000, "resolution": 64}, "shapeworld",
-                          {"tokenizer": 800, "ar": 1200, "rl": 40}),
+                          {"tokenizer": 650, "ar": 1200, "rl": 40}),
     # The whole pipeline in about a minute, for the test suite: tiny world, every stage's tiny YAML.
     "tiny": Profile({"num_train": 64, "num_val": 32, "num_test": 32, "resolution": 64, "shard_size": 32,
                      "workers": 1}, "tiny", {"tokenizer": 4, "ar": 4, "rl": 2}, eval_n=1, eval_limit=4),

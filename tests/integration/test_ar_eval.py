@@ -164,6 +164,51 @@ def test_formats_settings_and_errors(export, bench, tmp_path):
         load_for_eval(str(export), guidance=2.0)
 
 
+def test_edit_temperature_is_the_edits_own(export, tmp_path, monkeypatch):
+    """Edits sample at ``edit_temperature`` and text-to-image at ``temperature``; an export that stores no
+    ``edit_temperature`` (written before it existed) edits at its ``temperature``, as it did."""
+    import arm.ar.eval_model as eval_model
+    from arm.ar.commands import load_for_eval
+
+    seen = []
+    real_generate, real_edit = eval_model.generate_codes, eval_model.edit_codes
+    monkeypatch.setattr(eval_model, "generate_codes", lambda *a: seen.append(("t2i", a[3].temperature))
+                        or real_generate(*a))
+    monkeypatch.setattr(eval_model, "edit_codes", lambda *a: seen.append(("edit", a[4].temperature)) or real_edit(*a))
+    image = np.zeros((64, 64, 3), np.uint8)
+    temperature, edit_temperature = np.random.default_rng().uniform(0.2, 1.5, 2).round(3)
+
+    def run(model) -> list:
+        seen.clear()
+        model.generate(["a red circle"], 1, seed=0)
+        model.edit([image], ["make it blue"], seed=0)
+        return list(seen)
+
+    bundle = load_ar_bundle(str(export), image_tokenizer=False)
+    for name, stored in (("new", {**validation_sampling(), "edit_temperature": float(edit_temperature)}),
+                         ("old", {k: v for k, v in validation_sampling().items() if k != "edit_temperature"})):
+        save_ar(bundle.model.state_dict(), bundle.model.config, (8, 8), str(tmp_path / name),
+                str(export / "tokenizer.json"), bundle.meta["tokenizer_export"], stored)
+    assert run(load_for_eval(str(tmp_path / "new"))) == [("t2i", 1.0), ("edit", float(edit_temperature))]
+    assert run(load_for_eval(str(tmp_path / "new"), temperature=float(temperature))) == [
+        ("t2i", float(temperature)), ("edit", float(edit_temperature))]
+    assert run(load_for_eval(str(tmp_path / "old"), temperature=float(temperature))) == [
+        ("t2i", float(temperature)), ("edit", float(temperature))]
+    assert run(load_for_eval(str(tmp_path / "old"), edit_temperature=0.0))[1] == ("edit", 0.0)  # 0 = greedy edits
+    with pytest.raises(ValueError, match="temperature must be >= 0"):
+        load_for_eval(str(tmp_path / "new"), edit_temperature=-1.0)
+    # A run's hparams: the option, or 1 for runs saved before it.
+    assert validation_sampling({**_defaults(), "val_edit_temperature": 0.4})["edit_temperature"] == 0.4
+    assert validation_sampling({k: v for k, v in _defaults().items() if k != "val_edit_temperature"})[
+        "edit_temperature"] == 1.0
+
+
+def _defaults() -> dict:
+    import inspect
+
+    return {n: p.default for n, p in inspect.signature(ARModule.__init__).parameters.items()}
+
+
 def test_bf16_precision_samples_and_decodes_under_autocast(export, monkeypatch):
     """``precision=bf16``: the sampler packs bf16 matrices and the pixel decoder runs under bf16 autocast, for
     generate and edit alike; images stay uint8 and deterministic; answers stay fp32 (no autocast)."""

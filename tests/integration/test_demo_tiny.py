@@ -46,7 +46,7 @@ def test_tiny_demo_runs_every_stage_then_skips_them(tmp_path, capsys):
         [f for f in figures if "cfg_" in f])
     assert json.loads((out / "table8.json").read_text())["rows"].keys() >= {"sft", "t2i"}
     assert PROFILES["tiny"].steps["ar"] == 4
-    # The profile's budgets reach the stages' overrides (the shapeworld profile runs 800 of the tokenizer YAML's 1,200).
+    # The profile's budgets reach the stages' overrides (the shapeworld profile runs 650 of the tokenizer YAML's 1,100).
     tok_override = json.loads((out / "tokenizer" / "override.yaml").read_text())["trainer"]
     assert (tok_override["max_steps"], tok_override["val_check_interval"]) == (PROFILES["tiny"].steps["tokenizer"], 2)
     capsys.readouterr()

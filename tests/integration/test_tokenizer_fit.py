@@ -160,6 +160,32 @@ def test_caption_batch_feeds_the_lm_a_subset_in_training_only(parts, monkeypatch
     assert torch.isfinite(val_parts["cap"])
 
 
+def test_pix_repeats_draws_several_noises_per_image_in_training_only(parts):
+    """``pix_repeats`` k: in training L_pix is the decoder's loss on the batch repeated k times (each copy its own
+    noise, time and condition dropout, drawn in one call); validation draws once per image."""
+    from arm.tokenizer.module import TokenizerModule
+
+    k = int(np.random.default_rng().integers(2, 5))
+    module = TokenizerModule(str(parts / "teacher"), lm_dir=None, levels=[4, 4, 3], w_cap=0.0, w_sig=0.0,
+                             w_feat=0.0, w_pix=1.0, pix_repeats=k, cond_drop_prob=0.5)
+    images, captions = torch.rand(3, 3, 64, 64), ["a red circle", "a blue square", "a green star"]
+    decoder = module.model.decoder
+    with torch.no_grad():
+        z_q, _, _ = module.model.quantize_scaled(module.teacher.patch_features(images), 1.0)
+    for training, copies in ((True, k), (False, 1)):
+        module.train(training)
+        seed = int(torch.randint(0, 2**31, ()))
+        torch.manual_seed(seed)
+        with torch.no_grad():
+            got = module.losses(images, captions)[0]["pix"]
+        torch.manual_seed(seed)
+        with torch.no_grad():
+            expected = decoder.loss(images.repeat(copies, 1, 1, 1), z_q.repeat(copies, 1, 1), 0.5)
+        torch.testing.assert_close(got, expected)
+    with pytest.raises(ValueError, match="pix_repeats must be >= 1"):
+        TokenizerModule(str(parts / "teacher"), lm_dir=None, w_cap=0.0, pix_repeats=0)
+
+
 def test_sig_queue_adds_earlier_captions_as_negatives_in_training_only(parts):
     from arm.tokenizer.module import TokenizerModule
 

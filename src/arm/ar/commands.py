@@ -113,10 +113,11 @@ def answer_accuracy(model, builder, samples: Sequence[dict], batch_size: int = 6
 
 
 def sample_grids(model, builder, tokenizer_bundle, samples: Sequence[dict], cfg: float, image_cfg: float,
-                 top_k: int, decode_steps: int, generator=None, edit_text_cfg: float | None = None) -> dict:
-    """TensorBoard grids (3, H, W) in [0, 1]: ``t2i`` (generated over decoded ground truth, CFG ``cfg``) and
-    ``edit`` (source, edited, target rows; text scale ``edit_text_cfg``, default ``cfg``), every image decoded by
-    the image tokenizer."""
+                 top_k: int, decode_steps: int, generator=None, edit_text_cfg: float | None = None,
+                 edit_temperature: float = 1.0) -> dict:
+    """TensorBoard grids (3, H, W) in [0, 1]: ``t2i`` (generated over decoded ground truth, CFG ``cfg``,
+    temperature 1) and ``edit`` (source, edited, target rows; text scale ``edit_text_cfg``, default ``cfg``;
+    temperature ``edit_temperature``), every image decoded by the image tokenizer."""
     import numpy as np
     import torch
     from torchvision.utils import make_grid
@@ -140,8 +141,8 @@ def sample_grids(model, builder, tokenizer_bundle, samples: Sequence[dict], cfg:
         if edits:
             sources = [s["codes"] for s in edits]
             edited = edit_codes(model, builder, sources, [s["meta"]["edit"]["instruction"] for s in edits],
-                                SamplingConfig(top_k=top_k, text_scale=cfg if edit_text_cfg is None else edit_text_cfg,
-                                               image_scale=image_cfg), generator)
+                                SamplingConfig(temperature=edit_temperature, top_k=top_k, image_scale=image_cfg,
+                                               text_scale=cfg if edit_text_cfg is None else edit_text_cfg), generator)
             images = torch.cat([decode(sources), decode(edited), decode([s["edit_codes"] for s in edits])])
             grids["edit"] = make_grid(images, nrow=len(edits), padding=1)
     return grids

@@ -57,7 +57,8 @@ from arm.ar.module import ARBundle, load_ar_bundle, validation_sampling
 from arm.ar.sampling import SamplingConfig, continuation_logprobs
 from arm.eval.interface import EvalModel, Image
 
-SAMPLING_KEYS = ("cfg", "text_cfg", "image_cfg", "temperature", "top_k", "top_p", "decoder_steps", "decoder_cfg")
+SAMPLING_KEYS = ("cfg", "text_cfg", "image_cfg", "temperature", "edit_temperature", "top_k", "top_p", "decoder_steps",
+                 "decoder_cfg")
 MAX_ANSWER_TOKENS = 16
 """New tokens of a greedy answer: validation's ``answer_accuracy`` uses ``answer_questions``' default, 16."""
 
@@ -87,9 +88,9 @@ class AREvalModel(EvalModel):
     def _generator(self, seed: int) -> torch.Generator:
         return torch.Generator(device=self.device).manual_seed(int(seed))
 
-    def _config(self, **guidance: float) -> SamplingConfig:
+    def _config(self, temperature: float, **guidance: float) -> SamplingConfig:
         s = self.settings
-        return SamplingConfig(temperature=s["temperature"], top_k=s["top_k"], top_p=s["top_p"], **guidance)
+        return SamplingConfig(temperature=temperature, top_k=s["top_k"], top_p=s["top_p"], **guidance)
 
     def encode_images(self, images: Sequence[Image]) -> list[list[int]]:
         """Image codes (one list per image) of uint8 (H, W, 3) images, by the export's image tokenizer."""
@@ -126,7 +127,7 @@ class AREvalModel(EvalModel):
         for rows in self._rows(len(texts)):
             with self._precision():
                 codes = generate_codes(self.bundle.model, self.bundle.builder, [texts[i] for i in rows],
-                                       self._config(cfg_scale=cfg), generator)
+                                       self._config(self.settings["temperature"], cfg_scale=cfg), generator)
                 images += self._decode(codes, generator, decoder_cfg)
         return [images[i * n: (i + 1) * n] for i in range(len(prompts))]
 
@@ -138,7 +139,8 @@ class AREvalModel(EvalModel):
         if len(images) != len(instructions):
             raise ValueError(f"{len(images)} images but {len(instructions)} instructions: give one per image")
         sources, generator, out = self.encode_images(images), self._generator(seed), []
-        config = self._config(text_scale=self.settings["text_cfg"], image_scale=self.settings["image_cfg"])
+        config = self._config(self.settings["edit_temperature"], text_scale=self.settings["text_cfg"],
+                              image_scale=self.settings["image_cfg"])
         for rows in self._rows(len(sources)):
             with self._precision():
                 codes = edit_codes(self.bundle.model, self.bundle.builder, [sources[i] for i in rows],
@@ -183,11 +185,12 @@ def load_for_eval(path: str, *, device: str = "cpu", batch_size: int = 64, answe
     """The AR export at ``path`` as an ``AREvalModel``.
 
     ``sampling`` overrides the export's validation sampling settings; keys: ``cfg`` (text-to-image CFG),
-    ``text_cfg`` and ``image_cfg`` (edit guidance), ``temperature``, ``top_k``, ``top_p``, ``decoder_steps``,
-    ``decoder_cfg``; a value of None keeps the export's. ``batch_size``: image rows per sampler call (each runs
-    2-3 guidance branches; 64 measured fastest for the demo's AR export on 2 cores, GenEval with one image per
-    prompt: 42.4 s against 47.4 / 53.3 / 50.1 s at 32 / 16 / 128, same scores); ``answer_batch_size``: rows per
-    answer / log-likelihood batch; ``precision``: ``fp32`` or ``bf16`` (image sampling and decoding under bf16
+    ``text_cfg`` and ``image_cfg`` (edit guidance), ``temperature`` (text-to-image), ``edit_temperature`` (edits;
+    where neither the export nor ``sampling`` sets it, the same as ``temperature``, as before it existed),
+    ``top_k``, ``top_p``, ``decoder_steps``, ``decoder_cfg``; a value of None keeps the export's. ``batch_size``:
+    image rows per sampler call (each runs 2-3 guidance branches; 64 measured fastest for the demo's AR export on 2
+    cores, GenEval with one image per prompt: 42.4 s against 47.4 / 53.3 / 50.1 s at 32 / 16 / 128, same scores);
+    ``answer_batch_size``: rows per answer / log-likelihood batch; ``precision``: ``fp32`` or ``bf16`` (image sampling and decoding under bf16
     autocast; see the module docstring).
     """
     unknown = sorted(set(sampling) - set(SAMPLING_KEYS))
@@ -201,10 +204,13 @@ def load_for_eval(path: str, *, device: str = "cpu", batch_size: int = 64, answe
             raise ValueError(f"{name} must be >= 1, got {value}")
     bundle = load_ar_bundle(path, device)
     stored = bundle.meta.get("sampling")
-    settings = {**validation_sampling(), **(stored or {}),
-                **{k: v for k, v in sampling.items() if v is not None}}
+    given = {**(stored or {}), **{k: v for k, v in sampling.items() if v is not None}}
+    settings = {**validation_sampling(), **given}
+    if "edit_temperature" not in given:  # an export written before the setting: edits sample as text-to-image
+        settings["edit_temperature"] = settings["temperature"]
     settings = {k: int(v) if k in ("top_k", "decoder_steps") else float(v) for k, v in settings.items()}
-    SamplingConfig(temperature=settings["temperature"], top_k=settings["top_k"], top_p=settings["top_p"])  # checks
+    for key in ("temperature", "edit_temperature"):  # checks
+        SamplingConfig(temperature=settings[key], top_k=settings["top_k"], top_p=settings["top_p"])
     settings.update(source="export" if stored else "ARModule defaults (the export holds none)",
                     answer="greedy", max_new_tokens=max_new_tokens, batch_size=batch_size,
                     answer_batch_size=answer_batch_size, device=str(device), input_resize="bicubic",

@@ -30,6 +30,7 @@ Knobs beyond the paper, off by default (the paper's recipe) and set in the embed
 with a scaled gradient (the layers after FSQ get theirs in full), so the codes stay fitted to the pixels;
 ``sig_pool="map"`` pools z_q for L_sig with a learned attention head rather than the teacher's fixed pooling;
 ``sig_queue`` > 0 gives L_sig, in training, the text embeddings of earlier batches' captions as extra negatives.
+``pix_repeats`` > 1 draws several (noise, time) pairs per image for L_pix (MAR's diffusion batch multiplier).
 """
 
 from __future__ import annotations
@@ -62,6 +63,9 @@ class TokenizerModule(L.LightningModule):
         decoder: pixel DiT sizes; its ``image_size`` is the data's (and, for an exported teacher, the teacher's).
         w_cap, w_pix, w_sig, w_feat: loss weights (paper: 1, 5, 5, 1); 0 removes the branch.
         cond_drop_prob: probability of dropping z_q for the pixel decoder (decoder-side CFG).
+        pix_repeats: in training, L_pix draws this many (noise, time) pairs per image, the batch of z_q repeated
+            (MAR's diffusion batch multiplier, Li et al. 2024): more decoder signal per encoder pass at the cost of
+            the decoder's share of a step only. Validation always draws one.
         sig_pool: how L_sig, zero-shot and the probes pool z_q: ``"teacher"`` (mean or max, as the teacher pools
             its features) or ``"map"`` (a learned attention-pooling head, ``arm.tokenizer.model.AttentionPool``).
         sig_queue: in training, L_sig also scores every image against the teacher's text embeddings of the last
@@ -99,6 +103,7 @@ class TokenizerModule(L.LightningModule):
         w_sig: float = 5.0,
         w_feat: float = 1.0,
         cond_drop_prob: float = 0.1,
+        pix_repeats: int = 1,
         sig_pool: str = "teacher",
         sig_queue: int = 0,
         semantic_grad_scale: float = 1.0,
@@ -122,6 +127,8 @@ class TokenizerModule(L.LightningModule):
             raise ValueError(f"model.sig_queue must be >= 0 (0 = the batch's own captions only), got {sig_queue}")
         if decoder_lr_scale <= 0:
             raise ValueError(f"model.decoder_lr_scale must be > 0 (1 = the same rate as the rest), got {decoder_lr_scale}")
+        if pix_repeats < 1:
+            raise ValueError(f"model.pix_repeats must be >= 1 (1 = one noise draw per image), got {pix_repeats}")
         if caption_batch < 0:
             raise ValueError(f"model.caption_batch must be >= 0 (0 = every caption), got {caption_batch}")
         self.save_hyperparameters()
@@ -219,7 +226,11 @@ class TokenizerModule(L.LightningModule):
             ids, mask = ids[:, 1:], mask[:, 1:]  # the z_q prefix takes the place of the leading [eos]
             out["cap"] = prefix_caption_loss(self.lm, self.model.cap_adapter(z_sem[:keep]), ids, mask)
         if hp.w_pix > 0:
-            out["pix"] = self.model.decoder.loss(images, z_q, hp.cond_drop_prob)
+            k = hp.pix_repeats if self.training else 1
+            # repeat (not expand): each copy gets its own noise, time and condition dropout; z_q's gradient sums
+            # over the copies, and the mean over the k-times batch keeps the loss's scale.
+            pix_images, pix_cond = (images.repeat(k, 1, 1, 1), z_q.repeat(k, 1, 1)) if k > 1 else (images, z_q)
+            out["pix"] = self.model.decoder.loss(pix_images, pix_cond, hp.cond_drop_prob)
         return out, z_q, indices
 
     def _sig_loss(self, image: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
