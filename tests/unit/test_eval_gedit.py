@@ -91,3 +91,33 @@ def test_gedit_over_editing_by_hand():
     sc = min(parts["instruction_success"], parts["no_overediting"])
     assert math.sqrt(sc * 10) == pytest.approx(math.sqrt(50))
     assert preservation(source, edited, mask)["changed_fraction"] == pytest.approx(1 - pixels_kept)
+
+
+def test_gedit_deleting_what_should_change_is_no_success():
+    """A gone fact counts only as far as its replacement is drawn: recolouring the square by deleting it earns no
+    instruction success, half the job (the green square drawn, the blue one left) earns half, and for a removal
+    the gone facts are the whole change. An empty image of the source's background scores 0 on a recolour."""
+    judge = ShapeWorldJudge()
+    source = render(Scene.from_json(_scene(A, B)))
+    recolour = {"source_scene": _scene(A, B), "target_scene": _scene(A, B_GREEN)}
+    removal = {"source_scene": _scene(A, B), "target_scene": _scene(A)}
+    cases = [
+        (recolour, _scene(A), 0.0),          # the square deleted: the new green square is missing
+        (recolour, _scene(A, B_GREEN), 10.0),  # done
+        (removal, _scene(A), 10.0),          # the removal done
+        (removal, _scene(), 10.0),           # the removal done (and the circle lost: over-editing, not success)
+        (removal, _scene(A, B), 0.0),        # nothing removed
+    ]
+    for record, edited, success in cases:
+        parts = judge.gedit(source, render(Scene.from_json(edited)), record, None)
+        assert parts["instruction_success"] == success, (record["target_scene"], edited)
+    # A move: the circle drawn at its new place but also left at its old one is (1 new found + 0 removed) / 2
+    # changes; deleting it is 0 (the plain share of facts gave it 5: the old place is empty).
+    moved = {**A, "bbox": [40, 8, 54, 22]}
+    move = {"source_scene": _scene(A), "target_scene": _scene(moved)}
+    alone = render(Scene.from_json(_scene(A)))
+    for edited, success in ((_scene(A, moved), 5.0), (_scene(), 0.0), (_scene(moved), 10.0)):
+        assert judge.gedit(alone, render(Scene.from_json(edited)), move, None)["instruction_success"] == success
+    blank = np.broadcast_to(source[0, 0], source.shape).copy()  # the source's background, nothing else
+    parts = judge.gedit(source, blank, recolour, None)
+    assert parts["instruction_success"] == 0 and min(parts["instruction_success"], parts["no_overediting"]) == 0

@@ -165,9 +165,9 @@ class ARModule(L.LightningModule):
             val_cfg: CFG scale of the val text-to-image grid.
             val_edit_text_cfg: text-guidance scale of the edit grid (None = ``val_cfg``).
             val_edit_image_cfg: image-guidance scale of the edit grid.
-            val_edit_temperature: sampling temperature of the edit grid (the text-to-image grid samples at 1: below
-                1 objects vanish, experiments/LOG.md tenth session). Measured on a dev bench: 0.4 scores GEdit ~0.5
-                higher than 1 (cooler edits keep more of the source).
+            val_edit_temperature: sampling temperature of the edit grid (the text-to-image grid samples at 1).
+                Measured (experiments/LOG.md, eleventh session): below 1 edited images lose their objects as
+                text-to-image ones do (greedy: 0.78 objects per edit against 2.60 at 1), so the YAMLs keep 1.
             val_top_k: top-k of the grids' sampling.
             val_decode_steps: pixel-decoder steps of the grids. The grids' settings are stored in the export as its
                 sampling defaults (``validation_sampling``), which ``arm eval`` uses unless ``--sampling`` says
