@@ -126,6 +126,24 @@ def test_edit_reward_over_editing_costs_kept_facts_and_pixels(recolor):
     assert out["reward"].item() == pytest.approx(0.4 * (1 + 1 / 3) / 2 + 0.2 * (1 - changed))
 
 
+def test_edit_rewards_pay_nothing_for_an_image_that_lost_the_scene(recolor):
+    """Both edit rewards are scaled by presence = min(1, detected objects / target objects): an empty image of the
+    source's background (which the edit recipe learnt to draw) earns 0 from each; an image that lost one of the two
+    objects earns half of what its parts say; text-to-image quality is not scaled."""
+    source, target, mask = recolor
+    record = _edit_record(source, target, mask)
+    empty = render(Scene([], source.background))
+    half = render(Scene([target.objects[0]], target.background))  # the recolour made, the square lost
+    edit = EditConsistencyReward()([empty, half], [record, record])
+    assert edit["presence"].tolist() == [0.0, 0.5] and edit["reward"][0].item() == 0.0
+    parts = 0.4 * edit["match"][1] + 0.4 * (edit["success"][1] + edit["kept"][1]) / 2 + 0.2 * edit["preserved"][1]
+    assert edit["reward"][1].item() == pytest.approx(0.5 * parts.item())
+    quality = QualityReward()([empty, half, half], [record, record, RED_CIRCLE])
+    assert quality["reward"][0].item() == 0.0
+    assert quality["reward"][1].item() == pytest.approx(0.5 * quality_score(half), abs=1e-6)
+    assert quality["reward"][2].item() == pytest.approx(quality_score(half), abs=1e-6)
+
+
 # ------------------------------------------------------------------------------------------------ quality
 
 

@@ -22,6 +22,10 @@ makes all three exact (``arm.data.shapeworld.detector`` parses an image back int
   with a colour the renderer can produce, how well the foreground parses as shapes (template IoU), and how little
   foreground no detected shape explains. It rewards a clean render, whatever it shows: noise, smudges,
   off-palette colours, broken shapes and stray blobs cost; wrong content does not.
+- Edits, both rewards above: multiplied by ``presence`` = min(1, objects detected in the edited image / objects in
+  the target scene) (1 when the target has none). Without it an empty image of the source's background out-earned
+  every real attempt (quality 1, most pixels outside the mask unchanged, the background a kept fact), and the edit
+  recipe learnt to delete every object (experiments/LOG.md, eleventh session).
 
 These are the scorers the evaluation uses (GenEval's rules, the GEdit ShapeWorld judge's facts, the quality
 proxy). Rewarding the evaluation's own judge is what verifiable-reward RL does (X-Omni, SimpleAR); it means the
@@ -106,6 +110,11 @@ class GenevalReward(Reward):
         return out
 
 
+def presence(edited: Scene, target: Scene) -> float:
+    """min(1, objects detected in the edited image / objects in the target scene); 1 for an empty target."""
+    return 1.0 if not target.objects else min(1.0, len(edited.objects) / len(target.objects))
+
+
 class EditConsistencyReward(Reward):
     """Edit consistency: target-scene match, intended facts changed and kept, pixels outside the mask preserved.
 
@@ -132,7 +141,7 @@ class EditConsistencyReward(Reward):
     def score(self, images: list[np.ndarray], records: list[Mapping]) -> dict[str, list[float]]:
         from arm.eval.judges import edit_facts_scores
 
-        out: dict[str, list[float]] = {k: [] for k in ("reward", "match", "success", "kept", "preserved")}
+        out: dict[str, list[float]] = {k: [] for k in ("reward", "match", "success", "kept", "preserved", "presence")}
         for image, record in zip(images, records):
             missing = [k for k in ("source_scene", "target_scene", "source_image") if record.get(k) is None]
             if missing:
@@ -150,8 +159,9 @@ class EditConsistencyReward(Reward):
             out["success"].append(facts["success"])
             out["kept"].append(facts["kept"])
             out["preserved"].append(preserved)
-            out["reward"].append(w_match * match + w_facts * (facts["success"] + facts["kept"]) / 2
-                                 + w_pixels * preserved)
+            out["presence"].append(presence(edited, target))
+            out["reward"].append(out["presence"][-1] * (w_match * match + w_facts * (facts["success"] + facts["kept"])
+                                                         / 2 + w_pixels * preserved))
         return out
 
 
@@ -171,9 +181,12 @@ class QualityReward(Reward):
 
     def score(self, images: list[np.ndarray], records: list[Mapping]) -> dict[str, list[float]]:
         out: dict[str, list[float]] = {"reward": [], "palette": [], "parse": [], "stray": []}
-        for image in images:
+        for image, record in zip(images, records):
             parts = quality_parts(image)
             for key in ("palette", "parse", "stray"):
                 out[key].append(parts[key])
-            out["reward"].append(parts["palette"] * parts["parse"] * parts["stray"])  # = quality_score, one detection
+            score = parts["palette"] * parts["parse"] * parts["stray"]  # = quality_score, one detection
+            if record.get("task") == "edit" and record.get("target_scene") is not None:
+                score *= presence(detect_scene(image), Scene.from_json(record["target_scene"]))
+            out["reward"].append(score)
         return out
