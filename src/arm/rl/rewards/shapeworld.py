@@ -166,7 +166,8 @@ class EditConsistencyReward(Reward):
 
 
 class QualityReward(Reward):
-    """Visual quality: ``arm.eval.quality.quality_score`` (palette x parse x stray; module docstring).
+    """Visual quality: ``arm.eval.quality.quality_score`` (palette x parse x stray; module docstring); on edits,
+    scaled by ``presence`` (an empty background is a perfectly clean render).
 
     Args:
         weight: multiplier in the run's total.
