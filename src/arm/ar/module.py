@@ -374,7 +374,7 @@ class ARModule(L.LightningModule):
         generator = torch.Generator(device=self.device).manual_seed(0)
         grids = sample_grids(self.model, self.builder, self._bundle, self._eval_samples[: hp.grid_images],
                              hp.val_cfg, hp.val_edit_image_cfg, hp.val_top_k, hp.val_decode_steps, generator,
-                             edit_text_cfg=edit_text_scale(hp), edit_temperature=hp.get("val_edit_temperature", 1.0))
+                             edit_text_cfg=edit_text_scale(hp), edit_temperature=hp.val_edit_temperature)
         for name, image in grids.items():
             experiment.add_image(f"val/{name}_grid", image, self.global_step)
 

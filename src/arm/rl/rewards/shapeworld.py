@@ -110,9 +110,9 @@ class GenevalReward(Reward):
         return out
 
 
-def presence(edited: Scene, target: Scene) -> float:
-    """min(1, objects detected in the edited image / objects in the target scene); 1 for an empty target."""
-    return 1.0 if not target.objects else min(1.0, len(edited.objects) / len(target.objects))
+def presence(found: int, target: Scene) -> float:
+    """min(1, ``found`` objects detected in the edited image / objects in the target scene); 1 for an empty target."""
+    return 1.0 if not target.objects else min(1.0, found / len(target.objects))
 
 
 class EditConsistencyReward(Reward):
@@ -159,7 +159,7 @@ class EditConsistencyReward(Reward):
             out["success"].append(facts["success"])
             out["kept"].append(facts["kept"])
             out["preserved"].append(preserved)
-            out["presence"].append(presence(edited, target))
+            out["presence"].append(presence(len(edited.objects), target))
             out["reward"].append(out["presence"][-1] * (w_match * match + w_facts * (facts["success"] + facts["kept"])
                                                          / 2 + w_pixels * preserved))
         return out
@@ -183,11 +183,12 @@ class QualityReward(Reward):
     def score(self, images: list[np.ndarray], records: list[Mapping]) -> dict[str, list[float]]:
         out: dict[str, list[float]] = {"reward": [], "palette": [], "parse": [], "stray": []}
         for image, record in zip(images, records):
-            parts = quality_parts(image)
+            detections = detect(image)  # once: the quality parts and the edit's presence both read them
+            parts = quality_parts(image, detections)
             for key in ("palette", "parse", "stray"):
                 out[key].append(parts[key])
             score = parts["palette"] * parts["parse"] * parts["stray"]  # = quality_score, one detection
             if record.get("task") == "edit" and record.get("target_scene") is not None:
-                score *= presence(detect_scene(image), Scene.from_json(record["target_scene"]))
+                score *= presence(len(detections), Scene.from_json(record["target_scene"]))
             out["reward"].append(score)
         return out
