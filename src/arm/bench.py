@@ -130,14 +130,27 @@ def bench_rl_rollouts(export: str = "results/demo/ar/ar") -> dict:
     return {"export": export, **bench_rollouts(bundle.model, bundle.builder, bundle.image_tokenizer)}
 
 
+def cpu_model() -> dict:
+    """The CPU's model name and whether it has AMX bf16 tiles (Linux ``/proc/cpuinfo``; empty elsewhere). The bf16
+    matmul peak, and with it every bf16 figure, differs several-fold between CPUs with and without AMX (2,274
+    against ~420 GFLOP/s on two cores; experiments/LOG.md, twelfth session), so the report says which it ran on."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return {}
+    fields = dict(line.split(":", 1) for line in text.splitlines() if ":" in line)
+    fields = {k.strip(): v.strip() for k, v in fields.items()}
+    return {"cpu_model": fields.get("model name", ""), "amx_bf16": "amx_bf16" in fields.get("flags", "").split()}
+
+
 def run_bench(out: str = "results/bench.json") -> dict:
     import torch
 
     from arm.ar.bench import bench_ar_sampling, bench_ar_training
 
     report = {
-        "machine": {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
-                    "torch_threads": torch.get_num_threads(),
+        "machine": {"cpu": platform.processor() or platform.machine(), **cpu_model(), "cores": os.cpu_count(),
+                    "torch_threads": torch.get_num_threads(), "torch_cpu_capability": torch.backends.cpu.get_cpu_capability(),
                     "glibc_tunables": os.environ.get("GLIBC_TUNABLES", "")},
         "world": bench_world(),
         "png": bench_png(),

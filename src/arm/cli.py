@@ -14,6 +14,8 @@ import json
 import sys
 from pathlib import Path
 
+from arm.runtime import keep_freed_memory
+
 STAGES: dict[str, tuple[str, str]] = {
     "teacher": ("arm.teacher.cli", "train the language-aligned teacher (LightningCLI: fit|validate|test)"),
     "tokenizer": ("arm.tokenizer.cli", "train / evaluate the discrete image tokenizer (LightningCLI)"),
@@ -110,10 +112,12 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     stages = _available_stages()
     if argv and argv[0] in stages:
+        keep_freed_memory()  # before any tensor exists: long loops stop faulting their temporaries back in
         # LightningCLI parses its own arguments (fit/validate/test, --config ...).
         return importlib.import_module(stages[argv[0]][0]).main(argv[1:]) or 0
     parser = build_parser()
     args = parser.parse_args(argv)
+    keep_freed_memory()
     try:
         return _dispatch(parser, args)
     except (FileNotFoundError, ValueError) as err:

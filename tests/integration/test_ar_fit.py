@@ -90,12 +90,19 @@ def test_fit_logs_resumes_and_exports(tiny_world, parts, tmp_path):
     checkpointing = ["--trainer.enable_checkpointing", "true", "--trainer.callbacks+=ModelCheckpoint",
                      f"--trainer.callbacks.dirpath={out / 'checkpoints'}", "--trainer.callbacks.save_last=true",
                      "--trainer.callbacks.every_n_train_steps=2"]
-    # "Killed" after 2 of 4 steps: a run with max_steps 2 leaves last.ckpt at step 2 ...
-    first = _fit(_args(tiny_world, parts, out, *checkpointing, "--trainer.max_steps", "2", "--model.export",
-                       "false"))
-    assert (out / "checkpoints" / "last.ckpt").is_file() and first.trainer.global_step == 2
-    # ... and `--ckpt_path last` continues from it to step 4.
     logger = ["--trainer.logger=lightning.pytorch.loggers.TensorBoardLogger", f"--trainer.logger.save_dir={out}"]
+    # "Killed" after 2 of 4 steps: a run with max_steps 2 leaves last.ckpt at step 2, saved after a validation
+    # that drew the grids (the logger is on) ...
+    first = _fit(_args(tiny_world, parts, out, *checkpointing, *logger, "--trainer.max_steps", "2",
+                       "--model.export", "false"))
+    assert (out / "checkpoints" / "last.ckpt").is_file() and first.trainer.global_step == 2
+    # A checkpoint saved once a validation has drawn the grids holds the model alone, not the grids' frozen image
+    # tokenizer (it used to, and then could not be resumed: "Unexpected key(s) ... _bundle.tokenizer...").
+    assert first.model._bundle is not None
+    first.trainer.save_checkpoint(out / "checkpoints" / "last.ckpt")
+    saved = torch.load(out / "checkpoints" / "last.ckpt", weights_only=True, map_location="cpu")["state_dict"]
+    assert saved and all(k.startswith("model.") for k in saved), sorted(saved)[:5]
+    # ... and `--ckpt_path last` continues from it to step 4.
     cli = _fit(_args(tiny_world, parts, out, *checkpointing, *logger, "--ckpt_path", "last"))
     assert cli.trainer.global_step == 4
     metrics = cli.trainer.callback_metrics

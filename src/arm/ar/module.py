@@ -247,7 +247,10 @@ class ARModule(L.LightningModule):
             compile_for_training(self.model)
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        rows = checkpoint.get("state_dict", {}).get("model.embed.weight")
+        state = checkpoint.get("state_dict", {})
+        for key in [k for k in state if k.startswith("_bundle.")]:
+            del state[key]  # the grids' frozen image tokenizer, saved by runs before it left the module tree
+        rows = state.get("model.embed.weight")
         if rows is not None and rows.shape[0] != self.config.vocab_size:
             raise ValueError(f"the checkpoint's vocabulary has {rows.shape[0]} ids but this model has "
                              f"{self.config.vocab_size} (text {self.config.text_vocab_size} + "
@@ -370,7 +373,9 @@ class ARModule(L.LightningModule):
         if self._bundle is None:
             from arm.tokenizer.model import TokenizerBundle
 
-            self._bundle = TokenizerBundle.load(hp.tokenizer_export).to(self.device)
+            # Not a submodule (object.__setattr__ skips nn.Module's registration): the frozen image tokenizer that
+            # draws the grids stays out of state_dict, so checkpoints saved after a validation resume.
+            object.__setattr__(self, "_bundle", TokenizerBundle.load(hp.tokenizer_export).to(self.device))
         generator = torch.Generator(device=self.device).manual_seed(0)
         grids = sample_grids(self.model, self.builder, self._bundle, self._eval_samples[: hp.grid_images],
                              hp.val_cfg, hp.val_edit_image_cfg, hp.val_top_k, hp.val_decode_steps, generator,
