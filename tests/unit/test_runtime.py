@@ -1,5 +1,7 @@
-"""``arm.runtime``: after it, a loop that frees and reallocates MB-sized buffers reuses pages."""
+"""``arm.runtime.keep_freed_memory``: after it, a loop that frees and reallocates MB-sized buffers reuses pages;
+``arm.bench.cpu_model`` names the CPU the figures were measured on."""
 
+import os
 import platform
 import subprocess
 import sys
@@ -20,8 +22,6 @@ print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - r0)
 
 
 def _run(env_extra: dict[str, str]) -> tuple[int, int]:
-    import os
-
     env = {k: v for k, v in os.environ.items() if k not in ("GLIBC_TUNABLES", "ARM_KEEP_MALLOC")} | env_extra
     out = subprocess.run([sys.executable, "-c", LOOP], capture_output=True, text=True, env=env, check=True)
     applied, faults = out.stdout.split()
@@ -43,7 +43,7 @@ def test_users_own_setting_wins():
     assert _run({"GLIBC_TUNABLES": "glibc.malloc.mmap_threshold=1048576"})[0] == 0
 
 
-@pytest.mark.skipif(not __import__("os").path.exists("/proc/cpuinfo"), reason="Linux /proc/cpuinfo")
+@pytest.mark.skipif(not os.path.exists("/proc/cpuinfo"), reason="Linux /proc/cpuinfo")
 def test_bench_names_the_cpu_and_its_amx_tiles():
     from arm.bench import cpu_model
 
