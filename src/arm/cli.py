@@ -14,7 +14,7 @@ import json
 import sys
 from pathlib import Path
 
-from arm.runtime import keep_freed_memory
+from arm.runtime import configure_process
 
 STAGES: dict[str, tuple[str, str]] = {
     "teacher": ("arm.teacher.cli", "train the language-aligned teacher (LightningCLI: fit|validate|test)"),
@@ -112,12 +112,12 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     stages = _available_stages()
     if argv and argv[0] in stages:
-        keep_freed_memory()  # before any tensor exists: long loops stop faulting their temporaries back in
+        configure_process()  # allocator and oneDNN's kernel cache, before the first tensor
         # LightningCLI parses its own arguments (fit/validate/test, --config ...).
         return importlib.import_module(stages[argv[0]][0]).main(argv[1:]) or 0
     parser = build_parser()
     args = parser.parse_args(argv)
-    keep_freed_memory()
+    configure_process()
     try:
         return _dispatch(parser, args)
     except (FileNotFoundError, ValueError) as err:

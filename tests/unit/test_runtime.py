@@ -1,4 +1,5 @@
-"""``arm.runtime.keep_freed_memory``: after it, a loop that frees and reallocates MB-sized buffers reuses pages;
+"""``arm.runtime``: after ``keep_freed_memory`` a loop that frees and reallocates MB-sized buffers reuses pages;
+``grow_onednn_cache`` sets oneDNN's kernel cache unless the user did;
 ``arm.bench.cpu_model`` names the CPU the figures were measured on."""
 
 import os
@@ -51,3 +52,13 @@ def test_bench_names_the_cpu_and_its_amx_tiles():
     flags = next(line for line in open("/proc/cpuinfo") if line.startswith("flags")).split()
     assert report["amx_bf16"] == ("amx_bf16" in flags)
     assert report["cpu_model"] and report["cpu_model"] in open("/proc/cpuinfo").read()
+
+
+def test_onednn_cache_grows_unless_the_user_set_it(monkeypatch):
+    from arm.runtime import ONEDNN_CACHE_CAPACITY, grow_onednn_cache
+
+    monkeypatch.delenv("ONEDNN_PRIMITIVE_CACHE_CAPACITY", raising=False)
+    assert grow_onednn_cache() and os.environ["ONEDNN_PRIMITIVE_CACHE_CAPACITY"] == str(ONEDNN_CACHE_CAPACITY)
+    assert ONEDNN_CACHE_CAPACITY > 1024  # oneDNN's own default, which an AR fit outgrows
+    monkeypatch.setenv("ONEDNN_PRIMITIVE_CACHE_CAPACITY", "300")
+    assert not grow_onednn_cache() and os.environ["ONEDNN_PRIMITIVE_CACHE_CAPACITY"] == "300"
