@@ -150,7 +150,8 @@ def run_bench(out: str = "results/bench.json") -> dict:
 
     report = {
         "machine": {"cpu": platform.processor() or platform.machine(), **cpu_model(), "cores": os.cpu_count(),
-                    "torch_threads": torch.get_num_threads(), "torch_cpu_capability": torch.backends.cpu.get_cpu_capability(),
+                    "torch_threads": torch.get_num_threads(),
+                    "torch_cpu_capability": torch.backends.cpu.get_cpu_capability(),
                     "glibc_tunables": os.environ.get("GLIBC_TUNABLES", "")},
         "world": bench_world(),
         "png": bench_png(),
