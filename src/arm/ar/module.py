@@ -49,6 +49,7 @@ import torch
 import torch.nn.functional as F
 from lightning.pytorch.utilities import rank_zero_info
 
+from arm.ar.contrast import contrast_loss, row_logprob, swap_table, swapped_negatives
 from arm.ar.model import ARConfig, ARDecoder, fold_code_factors
 from arm.ar.sequences import SPECIAL_TOKENS, TASKS, SequenceBuilder, VocabLayout
 from arm.data.text_tokenizer import TextTokenizer
@@ -119,6 +120,10 @@ class ARModule(L.LightningModule):
         activation_checkpointing: bool = False,
         compile_blocks: bool = False,
         code_factors: bool = False,
+        contrast_weight: float = 0.0,
+        contrast_words: list[list[str]] | None = None,
+        contrast_rows: int = 8,
+        contrast_beta: float = 1.0,
         val_generate: int = 64,
         grid_images: int = 8,
         val_cfg: float = 2.0,
@@ -160,6 +165,14 @@ class ARModule(L.LightningModule):
                 them are unchanged. Needs ``tokenizer_export``. Measured on the demo (experiments/LOG.md,
                 2026-12-05): image perplexity 7.65 against 8.63 after 1,200 steps, but GenEval -0.022 and GEdit
                 -0.17 (one seed each), so the shipped YAMLs leave it off.
+            contrast_weight: weight of L_contrast (``arm.ar.contrast``: a generation sequence's matched prompt must
+                explain its image better than the prompt with one ``contrast_words`` word swapped); 0 = off.
+                Measured (experiments/LOG.md, thirteenth session): GenEval's colours tag 0.011 -> 0.22 with colour
+                swaps at 0.1, but single object 0.44 -> 0.29 and GenEval overall unchanged, so the YAMLs leave it off.
+            contrast_words: groups of interchangeable single-token words (e.g. the colour names, the shape
+                names); a negative swaps one word of a prompt for another of its group.
+            contrast_rows: negatives per training batch at most (each costs one more row in the forward pass).
+            contrast_beta: scale of the log-likelihood gap inside L_contrast's logistic loss.
             val_generate: val images whose VQA and MME questions are answered by greedy decoding (0 = skip).
             grid_images: images per TensorBoard grid (0 = no grids).
             val_cfg: CFG scale of the val text-to-image grid.
@@ -195,6 +208,13 @@ class ARModule(L.LightningModule):
         if not num_image_codes or grid is None:
             raise ValueError("the AR model needs the image codebook and grid: set model.tokenizer_export (or both "
                              "model.num_image_codes and model.image_grid)")
+        if contrast_weight < 0 or contrast_rows < 0 or contrast_beta <= 0:
+            raise ValueError(f"model.contrast_weight and contrast_rows must be >= 0 and contrast_beta > 0, got "
+                             f"{contrast_weight}, {contrast_rows}, {contrast_beta}")
+        if contrast_weight > 0 and not contrast_words:
+            raise ValueError("model.contrast_weight > 0 needs model.contrast_words (groups of words to swap, e.g. "
+                             "[[red, green, blue], [circle, square]]); set them or set contrast_weight 0")
+        self._swaps = swap_table(self.tokenizer, contrast_words or []) if contrast_weight > 0 else {}
         self.data_layout = VocabLayout(self.tokenizer.vocab_size, num_image_codes)
         self.config = self._make_config(num_image_codes)
         self.layout = VocabLayout(self.config.text_vocab_size, num_image_codes)
@@ -268,10 +288,25 @@ class ARModule(L.LightningModule):
         return ids
 
     def _losses(self, batch: dict[str, Any]) -> tuple[torch.Tensor, dict[str, torch.Tensor], dict]:
-        nll = token_nll(self.model, self._ids(batch), batch["loss_mask"])
-        hp = self.hparams
+        ids, mask, hp = self._ids(batch), batch["loss_mask"], self.hparams
+        negatives, pairs = ids[:0], torch.zeros(0, dtype=torch.long)
+        if self.training and hp.contrast_weight > 0:
+            generator = torch.Generator().manual_seed(self.global_step * 1009 + self.global_rank)
+            negatives, pairs = swapped_negatives(ids, mask, batch["task"], self._swaps, hp.contrast_rows, generator)
+        B, K = ids.shape[0], negatives.shape[0]
+        nll = token_nll(self.model, torch.cat([ids, negatives]) if K else ids,
+                        torch.cat([mask, mask[pairs.to(mask.device)]]) if K else mask)
+        if K:  # the negatives' rows take part in L_contrast only
+            logp = row_logprob(nll, B + K)
+            for kind in ("text", "image"):
+                keep = nll[f"{kind}_rows"] < B
+                nll[kind], nll[f"{kind}_rows"] = nll[kind][keep], nll[f"{kind}_rows"][keep]
         means = {k: nll[k].sum() / max(1, nll[k].numel()) for k in ("text", "image")}
         loss = hp.text_loss_weight * means["text"] + hp.image_loss_weight * means["image"]
+        if K:
+            means["contrast"], means["contrast_gap"] = contrast_loss(logp[pairs.to(logp.device)], logp[B:],
+                                                                     hp.contrast_beta)
+            loss = loss + hp.contrast_weight * means["contrast"]
         return loss, means, nll
 
     def _task_sums(self, batch: dict[str, Any], nll: dict) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
@@ -292,6 +327,8 @@ class ARModule(L.LightningModule):
         loss, means, nll = self._losses(batch)
         B = batch["ids"].shape[0]
         self.log("train/loss", loss, prog_bar=True, batch_size=B)
+        if "contrast_gap" in means:  # mean log-likelihood gap, matched prompt minus swapped (nats per image)
+            self.log("train/contrast_gap", means.pop("contrast_gap"), batch_size=B)
         self.log_dict({f"train/loss_{k}": v for k, v in means.items()}, batch_size=B)
         for task, (total, n) in self._task_sums(batch, nll).items():
             self.log(f"train/loss_{task}", total / n.clamp_min(1), batch_size=B)
