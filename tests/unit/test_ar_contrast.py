@@ -131,3 +131,6 @@ def test_module_keeps_negatives_out_of_the_next_token_loss(tiny_world):
     assert torch.allclose(loss, plain_loss + 2.0 * means["contrast"])
     module.eval()  # validation scores the batch as it is
     assert "contrast" not in module._losses(batch)[1]
+    module.train()
+    module.hparams.contrast_start = 1  # global_step is 0 outside a trainer: before the start, no contrast
+    assert "contrast" not in module._losses(batch)[1]

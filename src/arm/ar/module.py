@@ -5,6 +5,8 @@ One ``ARDecoder`` learns every task of ``arm.ar.sequences`` by next-token predic
 scored text tokens of the batch (answers, captions, ``<eos>`` and ``<eoi>``) plus the image head's cross-entropy
 averaged over the scored image tokens (generated and edited images). AdamW with betas (0.9, 0.95), no weight
 decay by default, linear warm-up then cosine decay (``arm.optim``), gradient clipping by the trainer (ARM §2).
+With ``contrast_weight`` > 0, training adds ``contrast_weight * L_contrast`` (``arm.ar.contrast``; our addition,
+off in every shipped YAML) and logs ``train/loss_contrast`` and ``train/contrast_gap``.
 
 Logged: ``train/loss``, ``train/loss_text``, ``train/loss_image``, ``train/loss_<task>`` (mean CE over the scored
 tokens of that task's sequences), ``train/tokens_per_s`` (real, unpadded tokens per wall second between steps,
@@ -124,6 +126,7 @@ class ARModule(L.LightningModule):
         contrast_words: list[list[str]] | None = None,
         contrast_rows: int = 8,
         contrast_beta: float = 1.0,
+        contrast_start: int = 0,
         val_generate: int = 64,
         grid_images: int = 8,
         val_cfg: float = 2.0,
@@ -173,6 +176,8 @@ class ARModule(L.LightningModule):
                 names); a negative swaps one word of a prompt for another of its group.
             contrast_rows: negatives per training batch at most (each costs one more row in the forward pass).
             contrast_beta: scale of the log-likelihood gap inside L_contrast's logistic loss.
+            contrast_start: the training step from which L_contrast is added (0 = from the first; later makes it a
+                fine-tuning phase, as CCA is).
             val_generate: val images whose VQA and MME questions are answered by greedy decoding (0 = skip).
             grid_images: images per TensorBoard grid (0 = no grids).
             val_cfg: CFG scale of the val text-to-image grid.
@@ -208,9 +213,9 @@ class ARModule(L.LightningModule):
         if not num_image_codes or grid is None:
             raise ValueError("the AR model needs the image codebook and grid: set model.tokenizer_export (or both "
                              "model.num_image_codes and model.image_grid)")
-        if contrast_weight < 0 or contrast_rows < 0 or contrast_beta <= 0:
-            raise ValueError(f"model.contrast_weight and contrast_rows must be >= 0 and contrast_beta > 0, got "
-                             f"{contrast_weight}, {contrast_rows}, {contrast_beta}")
+        if min(contrast_weight, contrast_rows, contrast_start) < 0 or contrast_beta <= 0:
+            raise ValueError(f"model.contrast_weight, contrast_rows and contrast_start must be >= 0 and contrast_beta "
+                             f"> 0, got {contrast_weight}, {contrast_rows}, {contrast_start}, {contrast_beta}")
         if contrast_weight > 0 and not contrast_words:
             raise ValueError("model.contrast_weight > 0 needs model.contrast_words (groups of words to swap, e.g. "
                              "[[red, green, blue], [circle, square]]); set them or set contrast_weight 0")
@@ -290,7 +295,7 @@ class ARModule(L.LightningModule):
     def _losses(self, batch: dict[str, Any]) -> tuple[torch.Tensor, dict[str, torch.Tensor], dict]:
         ids, mask, hp = self._ids(batch), batch["loss_mask"], self.hparams
         negatives, pairs = ids[:0], torch.zeros(0, dtype=torch.long)
-        if self.training and hp.contrast_weight > 0:
+        if self.training and hp.contrast_weight > 0 and self.global_step >= hp.contrast_start:
             generator = torch.Generator().manual_seed(self.global_step * 1009 + self.global_rank)
             negatives, pairs = swapped_negatives(ids, mask, batch["task"], self._swaps, hp.contrast_rows, generator)
         B, K = ids.shape[0], negatives.shape[0]
