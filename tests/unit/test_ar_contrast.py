@@ -129,8 +129,25 @@ def test_module_keeps_negatives_out_of_the_next_token_loss(tiny_world):
         assert torch.allclose(means[k], plain_means[k])
     assert "contrast" in means  # one negative: the t2i row's "square" swapped
     assert torch.allclose(loss, plain_loss + 2.0 * means["contrast"])
-    module.eval()  # validation scores the batch as it is
-    assert "contrast" not in module._losses(batch)[1]
+    module.eval()  # validation measures the gap on every swappable row but adds nothing to the loss
+    plain.eval()
+    loss, means, _ = module._losses(batch)
+    assert torch.allclose(loss, plain._losses(batch)[0])
+    assert means["contrast_pairs"].item() == 1.0
+    square, triangle = (builder.tokenizer.encode(" " + w)[0] for w in ("square", "triangle"))
+    swapped = ids[:1].clone()
+    swapped[0, :examples[0].prompt_len][swapped[0, :examples[0].prompt_len] == square] = triangle  # by hand
+    with torch.no_grad():
+        both = row_logprob(token_nll(plain.model, torch.cat([ids[:1], swapped]), mask[:1].repeat(2, 1)), 2)
+    assert means["contrast_gap"].item() == pytest.approx((both[0] - both[1]).item(), abs=1e-4)
     module.train()
     module.hparams.contrast_start = 1  # global_step is 0 outside a trainer: before the start, no contrast
     assert "contrast" not in module._losses(batch)[1]
+    watch = ARModule(tokenizer, None, preset="tiny", num_image_codes=32, image_grid=8,
+                     contrast_words=[["square", "triangle"]])  # weight 0: trains as plain, validation still measures
+    watch.configure_model()
+    watch.model.load_state_dict(plain.model.state_dict())
+    watch.train()
+    assert "contrast" not in watch._losses(batch)[1]
+    watch.eval()
+    assert torch.allclose(watch._losses(batch)[1]["contrast_gap"], means["contrast_gap"])

@@ -6,7 +6,8 @@ scored text tokens of the batch (answers, captions, ``<eos>`` and ``<eoi>``) plu
 averaged over the scored image tokens (generated and edited images). AdamW with betas (0.9, 0.95), no weight
 decay by default, linear warm-up then cosine decay (``arm.optim``), gradient clipping by the trainer (ARM §2).
 With ``contrast_weight`` > 0, training adds ``contrast_weight * L_contrast`` (``arm.ar.contrast``; our addition,
-off in every shipped YAML) and logs ``train/loss_contrast`` and ``train/contrast_gap``.
+off in every shipped YAML) and logs ``train/loss_contrast`` and ``train/contrast_gap``; with ``contrast_words``
+set, validation logs ``val/contrast_gap`` (see the argument).
 
 Logged: ``train/loss``, ``train/loss_text``, ``train/loss_image``, ``train/loss_<task>`` (mean CE over the scored
 tokens of that task's sequences), ``train/tokens_per_s`` (real, unpadded tokens per wall second between steps,
@@ -173,7 +174,9 @@ class ARModule(L.LightningModule):
                 Measured (experiments/LOG.md, thirteenth session): GenEval's colours tag 0.011 -> 0.22 with colour
                 swaps at 0.1, but single object 0.44 -> 0.29 and GenEval overall unchanged, so the YAMLs leave it off.
             contrast_words: groups of interchangeable single-token words (e.g. the colour names, the shape
-                names); a negative swaps one word of a prompt for another of its group.
+                names); a negative swaps one word of a prompt for another of its group. Given, validation logs
+                ``val/contrast_gap`` (whatever the weight): the mean log-likelihood by which a val image's own
+                prompt beats the prompt with one word swapped, i.e. how far the model reads those words.
             contrast_rows: negatives per training batch at most (each costs one more row in the forward pass).
             contrast_beta: scale of the log-likelihood gap inside L_contrast's logistic loss.
             contrast_start: the training step from which L_contrast is added (0 = from the first; later makes it a
@@ -219,7 +222,7 @@ class ARModule(L.LightningModule):
         if contrast_weight > 0 and not contrast_words:
             raise ValueError("model.contrast_weight > 0 needs model.contrast_words (groups of words to swap, e.g. "
                              "[[red, green, blue], [circle, square]]); set them or set contrast_weight 0")
-        self._swaps = swap_table(self.tokenizer, contrast_words or []) if contrast_weight > 0 else {}
+        self._swaps = swap_table(self.tokenizer, contrast_words or [])
         self.data_layout = VocabLayout(self.tokenizer.vocab_size, num_image_codes)
         self.config = self._make_config(num_image_codes)
         self.layout = VocabLayout(self.config.text_vocab_size, num_image_codes)
@@ -295,9 +298,11 @@ class ARModule(L.LightningModule):
     def _losses(self, batch: dict[str, Any]) -> tuple[torch.Tensor, dict[str, torch.Tensor], dict]:
         ids, mask, hp = self._ids(batch), batch["loss_mask"], self.hparams
         negatives, pairs = ids[:0], torch.zeros(0, dtype=torch.long)
-        if self.training and hp.contrast_weight > 0 and self.global_step >= hp.contrast_start:
+        train = self.training and hp.contrast_weight > 0 and self.global_step >= hp.contrast_start
+        if train or (not self.training and self._swaps):  # validation scores every swappable generation row
             generator = torch.Generator().manual_seed(self.global_step * 1009 + self.global_rank)
-            negatives, pairs = swapped_negatives(ids, mask, batch["task"], self._swaps, hp.contrast_rows, generator)
+            rows = hp.contrast_rows if self.training else ids.shape[0]
+            negatives, pairs = swapped_negatives(ids, mask, batch["task"], self._swaps, rows, generator)
         B, K = ids.shape[0], negatives.shape[0]
         nll = token_nll(self.model, torch.cat([ids, negatives]) if K else ids,
                         torch.cat([mask, mask[pairs.to(mask.device)]]) if K else mask)
@@ -311,7 +316,9 @@ class ARModule(L.LightningModule):
         if K:
             means["contrast"], means["contrast_gap"] = contrast_loss(logp[pairs.to(logp.device)], logp[B:],
                                                                      hp.contrast_beta)
-            loss = loss + hp.contrast_weight * means["contrast"]
+            means["contrast_pairs"] = torch.tensor(float(K))
+            if self.training:
+                loss = loss + hp.contrast_weight * means["contrast"]
         return loss, means, nll
 
     def _task_sums(self, batch: dict[str, Any], nll: dict) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
@@ -334,6 +341,7 @@ class ARModule(L.LightningModule):
         self.log("train/loss", loss, prog_bar=True, batch_size=B)
         if "contrast_gap" in means:  # mean log-likelihood gap, matched prompt minus swapped (nats per image)
             self.log("train/contrast_gap", means.pop("contrast_gap"), batch_size=B)
+            means.pop("contrast_pairs")
         self.log_dict({f"train/loss_{k}": v for k, v in means.items()}, batch_size=B)
         for task, (total, n) in self._task_sums(batch, nll).items():
             self.log(f"train/loss_{task}", total / n.clamp_min(1), batch_size=B)
@@ -353,8 +361,11 @@ class ARModule(L.LightningModule):
         self._val = {k: torch.zeros((), device=self.device, dtype=torch.float64) for k in names}
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
-        loss, _, nll = self._losses(batch)
+        loss, means, nll = self._losses(batch)
         self.log("val/loss", loss, prog_bar=True, batch_size=batch["ids"].shape[0], sync_dist=True)
+        if "contrast_gap" in means:  # how much better the matched prompt explains the image than a swapped one
+            self.log("val/contrast_gap", means["contrast_gap"], batch_size=int(means["contrast_pairs"]),
+                     sync_dist=True)
         for kind in ("text", "image"):
             self._val[kind] += nll[kind].sum().double()
             self._val[f"{kind}_n"] += nll[kind].numel()
