@@ -67,9 +67,7 @@ def swapped_negatives(ids: torch.Tensor, loss_mask: torch.Tensor, tasks: Sequenc
     K = 0 when none does. Draws from ``generator`` only (deterministic under a seed)."""
     if not table or rows <= 0:
         return ids[:0], torch.zeros(0, dtype=torch.long)
-    swappable = torch.zeros_like(ids, dtype=torch.bool)
-    for token in table:
-        swappable |= ids == token
+    swappable = torch.isin(ids, torch.tensor(list(table), device=ids.device))
     first_scored = torch.where(loss_mask.any(1), loss_mask.float().argmax(1), torch.zeros_like(ids[:, 0]))
     in_prompt = torch.arange(ids.shape[1], device=ids.device)[None] < first_scored[:, None]
     candidates = swappable & in_prompt

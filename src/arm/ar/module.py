@@ -324,10 +324,10 @@ class ARModule(L.LightningModule):
     def _task_sums(self, batch: dict[str, Any], nll: dict) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
         """task -> (summed NLL, scored tokens) over the batch's rows of that task."""
         B = batch["ids"].shape[0]
-        row_nll = torch.zeros(B, device=self.device, dtype=torch.float32)
+        with torch.no_grad():
+            row_nll = -row_logprob(nll, B)
         row_n = torch.zeros(B, device=self.device, dtype=torch.float32)
         for kind in ("text", "image"):
-            row_nll.index_add_(0, nll[f"{kind}_rows"], nll[kind].detach())
             row_n.index_add_(0, nll[f"{kind}_rows"], torch.ones_like(nll[kind]))
         out = {}
         for task in set(batch["task"]):
