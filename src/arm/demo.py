@@ -11,7 +11,7 @@ interrupted stage starts again (every stage writes its files atomically). Stages
 6. ``lm``         the small caption LM for L_cap (``arm lm fit``, experiments/lm/shapeworld.yaml)
 7. ``tokenizer``  the discrete tokenizer with its four losses (``arm tokenizer fit``)
 8. ``tokenizer_eval``  every tokenizer metric on val (``arm tokenizer eval``), and Table 7's row of this recipe
-9. ``codes``      code shards of train/val/test for the AR stage (``arm tokenizer encode``)
+9. ``codes``      code shards of train/val/test and their code colour tables (``arm tokenizer encode``)
 10. ``ar``        the unified AR model, SFT on understanding, text-to-image and editing (``arm ar fit``)
 11. ``eval_sft``  every benchmark protocol on the test bench files (``arm eval all``)
 12. ``cfg_grid``  the SFT model's AR-side x decoder-side CFG grid, ARM's figure 4 (``arm figures cfg-grid``)
@@ -40,6 +40,7 @@ from pathlib import Path
 
 from arm.io import write_json_atomic
 from arm.pipeline import arm_command, eval_all
+from arm.tokenizer.code_colours import CODE_COLOURS_FILE
 
 
 @dataclass(frozen=True)
@@ -131,12 +132,14 @@ def run_demo(out: str = "results/demo", seed: int = 0, until: str | None = None,
                                           "val_check_interval": max(1, prof.steps["tokenizer"] // 2)})),
         Stage("tokenizer_eval", [out_dir / "tokenizer_eval.json", out_dir / "table7.json"],
               lambda: _tokenizer_eval_stage(world, out_dir, prof, seed)),
-        Stage("codes", [out_dir / "codes" / split / "done.json" for split in ("train", "val", "test")],
+        Stage("codes", [out_dir / "codes" / split / name for split in ("train", "val", "test")
+                        for name in ("done.json", CODE_COLOURS_FILE)],
               lambda: _codes_stage(world, out_dir)),
         Stage("ar", [out_dir / "ar" / "ar" / "model.safetensors"],
               lambda: _fit_stage("ar", out_dir / "ar", prof,
                                  model={"tokenizer_path": str(tokenizer),
-                                        "tokenizer_export": str(out_dir / "tokenizer" / "tokenizer")},
+                                        "tokenizer_export": str(out_dir / "tokenizer" / "tokenizer"),
+                                        "code_colours": str(out_dir / "codes" / "train" / CODE_COLOURS_FILE)},
                                  data={"data_dir": str(out_dir / "codes")},
                                  trainer={"max_steps": prof.steps["ar"], "val_check_interval": prof.steps["ar"]})),
         Stage("eval_sft", [out_dir / "eval" / "sft" / "summary.json"],
@@ -193,8 +196,8 @@ def _codes_stage(world: Path, out_dir: Path) -> dict:
     counts = {}
     for split in ("train", "val", "test"):
         target = out_dir / "codes" / split
-        if (target / "done.json").exists():
-            continue
+        if (target / "done.json").exists() and (target / CODE_COLOURS_FILE).exists():
+            continue  # (folders encoded before the colour table existed are encoded again)
         arm_command("tokenizer", "encode", "--ckpt", str(out_dir / "tokenizer" / "tokenizer"), "--shards",
              str(world / split), "--out", str(target), "--precision", "bf16")
         counts[split] = len(list(target.glob("*.tar")))

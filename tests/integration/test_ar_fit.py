@@ -63,7 +63,8 @@ def parts(tiny_world, tmp_path_factory):
 def _args(tiny_world, parts, out, *extra: str) -> list[str]:
     return ["fit", "--config", TINY, "--data.data_dir", str(parts / "codes"),
             "--model.tokenizer_path", str(tiny_world / "tokenizer.json"),
-            "--model.tokenizer_export", str(parts / "tokenizer"), "--trainer.default_root_dir", str(out), *extra]
+            "--model.tokenizer_export", str(parts / "tokenizer"), "--trainer.default_root_dir", str(out),
+            "--model.code_colours", str(parts / "codes" / "train" / "code_colours.safetensors"), *extra]
 
 
 def _fit(args: list[str]):
@@ -193,18 +194,22 @@ def test_compile_blocks_matches_eager_and_refuses_untested_combinations(tiny_wor
 
 
 def test_code_factors_train_resume_and_export_folded(tiny_world, parts, tmp_path):
-    """``model.code_factors``: the factors train, survive a kill/resume, and the export is a plain decoder that
-    computes what the trained factored one does."""
+    """``model.code_factors`` with ``model.code_colours`` (as the YAMLs): the factors train, survive a kill/resume,
+    and the export is a plain decoder that computes what the trained factored one does."""
     from arm.ar.module import ARModule
+    from arm.tokenizer.code_colours import load_code_colours
 
     out = tmp_path / "factors"
     checkpointing = ["--trainer.enable_checkpointing", "true", "--trainer.callbacks+=ModelCheckpoint",
                      f"--trainer.callbacks.dirpath={out / 'checkpoints'}", "--trainer.callbacks.save_last=true",
                      "--trainer.callbacks.every_n_train_steps=2"]
+    colours = parts / "codes" / "train" / "code_colours.safetensors"  # written by `arm tokenizer encode`
     common = [*checkpointing, "--model.code_factors", "true", "--trainer.limit_val_batches", "0"]
     first = _fit(_args(tiny_world, parts, out, *common, "--trainer.max_steps", "2", "--model.export", "false"))
     factors = first.model.model.code_factors
-    assert factors is not None and factors.coords.shape == (32, 3)  # the tiny tokenizer's levels [4, 4, 2]
+    # The tiny tokenizer's levels [4, 4, 2] give 3 coordinates, then each code's 13 palette shares (times 2).
+    assert factors is not None and factors.coords.shape == (32, 3 + 13)
+    torch.testing.assert_close(factors.coords[:, 3:], 2 * load_code_colours(colours, 32))
     assert factors.embed.abs().sum() > 0 and factors.head.abs().sum() > 0  # zero-initialised, then trained
     saved = torch.load(out / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)["state_dict"]
     assert torch.equal(saved["model.code_factors.head"], factors.head.detach())
@@ -221,6 +226,12 @@ def test_code_factors_train_resume_and_export_folded(tiny_world, parts, tmp_path
     with pytest.raises(ValueError, match="code_factors needs model.tokenizer_export"):
         ARModule(str(tiny_world / "tokenizer.json"), None, preset="tiny", num_image_codes=32, image_grid=8,
                  code_factors=True)
+    with pytest.raises(ValueError, match="describes 32 codes but the model has 64"):
+        ARModule(str(tiny_world / "tokenizer.json"), None, preset="tiny", num_image_codes=64, image_grid=8,
+                 code_colours=str(colours))
+    with pytest.raises(FileNotFoundError, match="no code colour table"):
+        ARModule(str(tiny_world / "tokenizer.json"), str(parts / "tokenizer"), preset="tiny",
+                 code_colours=str(tmp_path / "missing.safetensors"))
 
 
 @needs_sampler

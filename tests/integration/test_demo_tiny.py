@@ -34,6 +34,7 @@ def test_tiny_demo_runs_every_stage_then_skips_them(tmp_path, capsys):
     assert on_disk["sft"] == summary["sft"]
     # The AR stage trained the tiny profile's step budget and exported; eval wrote the GenEval layout.
     assert (out / "ar" / "ar" / "model.safetensors").is_file()
+    assert (out / "codes" / "train" / "code_colours.safetensors").is_file()  # the AR stage's colour factors
     assert list((out / "eval" / "sft" / "geneval").glob("00000/samples/0000.png"))
     figures = json.loads((out / "figures" / "report.json").read_text())["figures"]
     assert any("synergy" in f for f in figures) and any("rl_reward_curves" in f for f in figures)

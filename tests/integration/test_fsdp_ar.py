@@ -48,13 +48,15 @@ def _fit(tiny_world, parts, out, train_shards, *extra):  # noqa: F811
             "--data.shuffle_buffer", "0", "--data.bucket_pool", "1", "--data.batch_size", "8",
             "--model.tokenizer_path", str(tiny_world / "tokenizer.json"),
             "--model.tokenizer_export", str(parts / "tokenizer"), "--model.export", "false",
+            "--model.code_colours", str(parts / "codes" / "train" / "code_colours.safetensors"),
             "--trainer.precision", "bf16-mixed", "--trainer.default_root_dir", str(out), *extra]
 
 
-@pytest.mark.parametrize("options", [(), pytest.param(("--model.code_factors", "true"), marks=pytest.mark.slow)],
-                         ids=["plain", "code_factors"])
+@pytest.mark.parametrize("options", [("--model.code_factors", "false", "--model.code_colours", "null"),
+                                     pytest.param((), marks=pytest.mark.slow)], ids=["plain", "code_factors"])
 def test_fsdp2_two_processes_match_one_process_and_resume(tiny_world, parts, tmp_path, options):  # noqa: F811
-    """``code_factors`` (root-level parameters used in and outside the forward) shard like the embedding."""
+    """The YAML's code factors over FSQ coordinates and code colours (root-level parameters used in and outside the
+    forward) shard like the embedding."""
     shards = write_rank_shards(parts / "codes" / "train", tmp_path / "shards")
     cli = "arm.ar.cli"
     fit = partial(_fit, tiny_world, parts)

@@ -87,6 +87,32 @@ def test_fit_export_eval_encode_decode(parts, export, tmp_path):
     assert codes.shape == (64,) and codes.min() >= 0 and codes.max() < 4 * 4 * 3
     assert "edit_codes.npy" in samples[0] and "json" in samples[0]
 
+    # The per-code colour table counts every patch encoded (images and edited images, 64 codes each) and holds,
+    # for each code, the mean palette share of its patches, recomputed here from the written codes.
+    from safetensors.torch import load_file
+
+    from arm.data.samples import decode_image
+    from arm.tokenizer.code_colours import load_code_colours, palette_from_spec, patch_palette_shares
+
+    sources = {s["__key__"]: s for s in wds.tarfile_samples(
+        [{"url": str(p)} for p in sorted((parts / "world" / "val").glob("*.tar"))])}
+    all_codes, all_images = [], []
+    for s in samples:
+        for codes_key, image_key in (("codes.npy", "png"), ("edit_codes.npy", "edit.png")):
+            if codes_key in s:
+                all_codes.append(np.load(io.BytesIO(s[codes_key])))
+                all_images.append(decode_image(sources[s["__key__"]][image_key]))
+    table = load_file(str(codes_dir / "code_colours.safetensors"))
+    assert float(table["count"].sum()) == 64 * len(all_codes)
+    histogram = load_code_colours(codes_dir, 48)
+    shares = patch_palette_shares(torch.stack(all_images), palette_from_spec("shapeworld"), (8, 8)).reshape(-1, 13)
+    flat = torch.as_tensor(np.concatenate(all_codes)).long()
+    used = flat.unique()
+    for code in used.tolist():
+        torch.testing.assert_close(histogram[code], shares[flat == code].mean(0))
+    torch.testing.assert_close(histogram[used].sum(1), torch.ones(len(used)))
+    assert float(histogram[[c for c in range(48) if c not in set(used.tolist())]].abs().sum()) == 0
+
     # --precision bf16 writes what the bundle's encode gives under bf16 autocast (FSQ itself stays fp32).
     from arm.data.samples import decode_image
     from arm.tokenizer.model import TokenizerBundle

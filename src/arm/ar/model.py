@@ -28,7 +28,10 @@ linear in the code's coordinates, ``row(c) = table[c] + coords(c) @ A``, with on
 embedding and the head. Every image token of a batch then trains ``A``, where a table row only learns from its own
 code (4,096 codes, each seen a few times a batch), so neighbouring codes share what they mean from the first steps.
 The term is linear in parameters that only ever appear as ``coords @ A``, so ``fold_code_factors`` adds it into the
-plain rows exactly: exports are ordinary decoders.
+plain rows exactly: exports are ordinary decoders. The basis may also (or instead) hold each code's colours, the
+palette histogram of the patches it encodes (``arm.tokenizer.code_colours``): then one direction of the hidden state
+raises every code of a colour at once, which the rare object codes' own rows cannot learn from their few
+occurrences (experiments/LOG.md, fourteenth session).
 """
 
 from __future__ import annotations
@@ -147,23 +150,25 @@ PRESETS: dict[str, ARConfig] = {
 
 
 CODE_FACTOR_PREFIX = "code_factors."
+COLOUR_FACTOR_SCALE = 2.0
+"""Colour histograms (rows summing to 1) enter the basis times 2, so a one-colour code's features have about the
+norm of an FSQ code's coordinates (up to sqrt(6) for six dimensions in [-1, 1]); measured at this scale only."""
 
 
 class CodeFactors(nn.Module):
-    """The shared FSQ-coordinate terms of the image rows (see the module docstring).
+    """The shared terms of the image rows (see the module docstring): ``row(c) += coords(c) @ A``.
 
-    ``coords`` (num_codes, d) holds each code's normalised FSQ coordinates (``FSQ.indices_to_codes``, so code ``c``
-    here is code ``c`` of the tokenizer); it is a persistent buffer so that a state dict can be folded on its own.
-    ``embed`` and ``head`` (d, D) start at zero: an enabled model computes exactly what the plain one does until
-    the first update.
+    ``coords`` (num_codes, d) is each code's fixed basis: its normalised FSQ coordinates (``FSQ.indices_to_codes``,
+    so code ``c`` here is code ``c`` of the tokenizer), its colour features, or both side by side; a persistent
+    buffer, so that a state dict can be folded on its own. ``embed`` and ``head`` (d, D) start at zero: an enabled
+    model computes exactly what the plain one does until the first update.
     """
 
-    def __init__(self, levels: list[int], dim: int) -> None:
+    def __init__(self, basis: torch.Tensor, dim: int) -> None:
         super().__init__()
-        fsq = FSQ(levels)
-        self.register_buffer("coords", fsq.indices_to_codes(torch.arange(fsq.codebook_size)))  # (N, d)
-        self.embed = nn.Parameter(torch.zeros(fsq.dim, dim))
-        self.head = nn.Parameter(torch.zeros(fsq.dim, dim))
+        self.register_buffer("coords", basis.detach().float().clone())  # (N, d)
+        self.embed = nn.Parameter(torch.zeros(basis.shape[1], dim))
+        self.head = nn.Parameter(torch.zeros(basis.shape[1], dim))
 
     def extra_repr(self) -> str:
         return f"codes={self.coords.shape[0]}, coords={self.coords.shape[1]}, dim={self.embed.shape[1]}"
@@ -187,14 +192,27 @@ class ARDecoder(nn.Module):
         self.code_factors: CodeFactors | None = None
         self.reset_parameters()
 
-    def enable_code_factors(self, levels: list[int]) -> CodeFactors:
-        """Add the FSQ code factors (module docstring) for a tokenizer with these FSQ ``levels``; zero-initialised,
-        so the model's outputs do not change until it trains. Call before building the optimiser."""
-        n = math.prod(int(level) for level in levels)
-        if n != self.config.num_image_codes:
-            raise ValueError(f"FSQ levels {list(levels)} give {n} codes but the model has "
-                             f"{self.config.num_image_codes} image codes; pass the image tokenizer's levels")
-        self.code_factors = CodeFactors([int(v) for v in levels], self.config.dim).to(self.embed.weight.device)
+    def enable_code_factors(self, levels: list[int] | None,
+                            colours: torch.Tensor | None = None) -> CodeFactors:
+        """Add the code factors (module docstring), zero-initialised, so the model's outputs do not change until it
+        trains; call before building the optimiser. Their basis: the FSQ coordinates of a tokenizer with these
+        ``levels`` (None: none), then ``colours`` (num_codes, K), e.g. ``arm.tokenizer.code_colours``'s palette
+        histograms, scaled by ``COLOUR_FACTOR_SCALE``."""
+        n = self.config.num_image_codes
+        parts = []
+        if levels is not None:
+            if math.prod(int(level) for level in levels) != n:
+                raise ValueError(f"FSQ levels {list(levels)} give {math.prod(int(v) for v in levels)} codes but the "
+                                 f"model has {n} image codes; pass the image tokenizer's levels")
+            parts.append(FSQ([int(v) for v in levels]).indices_to_codes(torch.arange(n)))
+        if colours is not None:
+            if colours.ndim != 2 or colours.shape[0] != n:
+                raise ValueError(f"code colours of shape {tuple(colours.shape)} do not fit a model with {n} image "
+                                 f"codes: write them with this tokenizer's `arm tokenizer encode`")
+            parts.append(COLOUR_FACTOR_SCALE * colours.float())
+        if not parts:
+            raise ValueError("code factors need FSQ levels, code colours or both")
+        self.code_factors = CodeFactors(torch.cat(parts, 1), self.config.dim).to(self.embed.weight.device)
         return self.code_factors
 
     def reset_parameters(self, std: float = 0.02) -> None:

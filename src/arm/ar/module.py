@@ -58,6 +58,7 @@ from arm.ar.sequences import SPECIAL_TOKENS, TASKS, SequenceBuilder, VocabLayout
 from arm.data.text_tokenizer import TextTokenizer
 from arm.io import CONFIG_FILE, read_export, save_export
 from arm.optim import adamw_warmup_cosine, trainer_total_steps
+from arm.tokenizer.code_colours import load_code_colours
 
 EXPORT_DIR = "ar"
 TOKENIZER_FILE = "tokenizer.json"
@@ -123,6 +124,7 @@ class ARModule(L.LightningModule):
         activation_checkpointing: bool = False,
         compile_blocks: bool = False,
         code_factors: bool = False,
+        code_colours: str | None = None,
         contrast_weight: float = 0.0,
         contrast_words: list[list[str]] | None = None,
         contrast_rows: int = 8,
@@ -166,9 +168,17 @@ class ARModule(L.LightningModule):
             code_factors: give the image rows of the embedding and of the image head a shared term linear in each
                 code's FSQ coordinates (``arm.ar.model.CodeFactors``; our addition, not ARM's), read from the
                 tokenizer export's levels; folded into plain rows at export, so exports and everything that reads
-                them are unchanged. Needs ``tokenizer_export``. Measured on the demo (experiments/LOG.md,
-                2026-12-05): image perplexity 7.65 against 8.63 after 1,200 steps, but GenEval -0.022 and GEdit
-                -0.17 (one seed each), so the shipped YAMLs leave it off.
+                them are unchanged. Needs ``tokenizer_export``. Measured (experiments/LOG.md): alone, image
+                perplexity 7.65 against 8.63 after 1,200 steps but GenEval -0.022 (seventh session), +0.013 after
+                2,400 (fourteenth); with ``code_colours`` GenEval +0.050 / +0.004 on two training seeds, so the
+                shipped YAMLs set both.
+            code_colours: a ``code_colours.safetensors`` (``arm tokenizer encode`` writes one beside the train split's
+                code shards; ``arm.tokenizer.code_colours``): the code factors' basis also holds each code's palette
+                histogram, so the rows of all codes of one colour move together (with ``code_factors`` false, the
+                colours alone). Our addition, not ARM's; folded into plain rows at export like ``code_factors``.
+                Measured (experiments/LOG.md, fourteenth session; means of 3 sampling seeds): GenEval 0.119 plain,
+                0.144 colours alone, 0.169 with ``code_factors`` (colours tag 0.03 -> 0.24) for training seed 0;
+                0.131 plain, 0.135 with both for training seed 1 (colour words not learnt); VQA within noise.
             contrast_weight: weight of L_contrast (``arm.ar.contrast``: a generation sequence's matched prompt must
                 explain its image better than the prompt with one ``contrast_words`` word swapped); 0 = off.
                 Measured (experiments/LOG.md, thirteenth session): GenEval's colours tag 0.011 -> 0.22 with colour
@@ -222,6 +232,7 @@ class ARModule(L.LightningModule):
         if contrast_weight > 0 and not contrast_words:
             raise ValueError("model.contrast_weight > 0 needs model.contrast_words (groups of words to swap, e.g. "
                              "[[red, green, blue], [circle, square]]); set them or set contrast_weight 0")
+        self._code_colours = load_code_colours(code_colours, num_image_codes) if code_colours else None
         self._swaps = swap_table(self.tokenizer, contrast_words or [])
         self.data_layout = VocabLayout(self.tokenizer.vocab_size, num_image_codes)
         self.config = self._make_config(num_image_codes)
@@ -259,8 +270,10 @@ class ARModule(L.LightningModule):
                 self.model = from_hf(self.hparams.init_from, self.config.num_image_codes, len(SPECIAL_TOKENS))
             else:
                 self.model = ARDecoder(self.config)
-            if self.hparams.code_factors:
-                self.model.enable_code_factors(tokenizer_export_config(self.hparams.tokenizer_export)["levels"])
+            levels = (tokenizer_export_config(self.hparams.tokenizer_export)["levels"] if self.hparams.code_factors
+                      else None)
+            if levels is not None or self._code_colours is not None:
+                self.model.enable_code_factors(levels, self._code_colours)
         if self.device_mesh is not None:
             from arm.parallel import parallelize
 

@@ -52,6 +52,10 @@ def _utility_parser() -> argparse.ArgumentParser:
                           "trained under bf16-mixed saw such codes")
     enc.add_argument("--out", required=True, help="output directory for code shards")
     enc.add_argument("--batch-size", type=int, default=128)
+    enc.add_argument("--palette", default="shapeworld",
+                     help="colours of OUT/code_colours.safetensors (each code's patch colours, which "
+                          "ARModule(code_colours=...) reads): 'shapeworld' (the embedded world's 13) or 'grid:L' "
+                          "(L^3 RGB centres, for other images)")
     dec = sub.add_parser("decode", help="turn codes (.npy of shape (N,) or (B, N)) into PNG images",
                          formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     dec.add_argument("--ckpt", required=True, help="exported tokenizer folder")

@@ -5,7 +5,9 @@
 
 Code shards mirror the input shards sample by sample: ``KEY.codes.npy`` (int16/int32 (N,) code indices of the
 image), ``KEY.edit_codes.npy`` (of the edited image, when the sample has one) and ``KEY.json`` (unchanged), so
-the AR stage trains on understanding, generation and editing sequences without touching pixels.
+the AR stage trains on understanding, generation and editing sequences without touching pixels. Beside them,
+``code_colours.safetensors``: each code's palette histogram over the images encoded (``arm.tokenizer.code_colours``),
+which ``ARModule(code_colours=...)`` reads from the train split's folder.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from __future__ import annotations
 import argparse
 import io
 import json
+import math
 import os
 import time
 from pathlib import Path
@@ -23,6 +26,7 @@ import webdataset as wds
 from tqdm import tqdm
 
 from arm.io import write_json_atomic
+from arm.tokenizer.code_colours import CODE_COLOURS_FILE, CodeColourStats, palette_from_spec
 
 
 def _load(ckpt: str):
@@ -127,6 +131,7 @@ def run_encode(ns: argparse.Namespace) -> int:
     shards = expand_shards(ns.shards)
     device_type = next(bundle.parameters()).device.type
     autocast = torch.autocast(device_type, dtype=torch.bfloat16, enabled=ns.precision == "bf16")
+    colours = CodeColourStats(bundle.tokenizer.codebook_size, palette_from_spec(ns.palette))
     for shard in tqdm(shards, desc="encode", unit="shard"):
         target = out / Path(shard).name
         tmp = target.with_name(f".{target.name}.tmp{os.getpid()}")
@@ -137,28 +142,36 @@ def run_encode(ns: argparse.Namespace) -> int:
                 pending.append(sample)
                 if len(pending) == ns.batch_size:
                     with autocast:
-                        _write_codes(bundle, pending, writer, dtype)
+                        _write_codes(bundle, pending, writer, dtype, colours)
                     pending = []
             if pending:
                 with autocast:
-                    _write_codes(bundle, pending, writer, dtype)
+                    _write_codes(bundle, pending, writer, dtype, colours)
             writer.close()
         os.replace(tmp, target)
-    print(json.dumps({"shards": len(shards), "out": str(out), "codebook_size": bundle.tokenizer.codebook_size}))
+    colours.save(out / CODE_COLOURS_FILE)
+    print(json.dumps({"shards": len(shards), "out": str(out), "codebook_size": bundle.tokenizer.codebook_size,
+                      "code_colours": str(out / CODE_COLOURS_FILE)}))
     return 0
 
 
-def _write_codes(bundle, samples: list[dict], writer: wds.TarWriter, dtype) -> None:
-    """Encode a batch of raw samples (their scene and, when present, edited image) and write code samples."""
+def _write_codes(bundle, samples: list[dict], writer: wds.TarWriter, dtype, colours: CodeColourStats) -> None:
+    """Encode a batch of raw samples (their scene and, when present, edited image), write code samples and count
+    each code's patch colours."""
     from arm.data.samples import decode_image
 
     images = torch.stack([decode_image(s["png"]) for s in samples])
-    codes = bundle.encode(images).cpu().numpy().astype(dtype)
+    codes = bundle.encode(images)
+    side = math.isqrt(codes.shape[1])
+    colours.update(codes, images, (side, side))
+    codes = codes.cpu().numpy().astype(dtype)
     edit_rows = [i for i, s in enumerate(samples) if "edit.png" in s]
     edit_codes = {}
     if edit_rows:
         edits = torch.stack([decode_image(samples[i]["edit.png"]) for i in edit_rows])
-        edit_codes = dict(zip(edit_rows, bundle.encode(edits).cpu().numpy().astype(dtype)))
+        edit_indices = bundle.encode(edits)
+        colours.update(edit_indices, edits, (side, side))
+        edit_codes = dict(zip(edit_rows, edit_indices.cpu().numpy().astype(dtype)))
     for i, s in enumerate(samples):
         out = {"__key__": s["__key__"], "json": s["json"], "codes.npy": _npy(codes[i])}
         if i in edit_codes:
