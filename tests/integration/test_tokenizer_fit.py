@@ -381,6 +381,9 @@ def test_bad_inputs_through_the_commands_are_one_line_errors(parts, export, tmp_
                     "png": encode_png(np.zeros((32, 32, 3), np.uint8))})
     fails(["encode", "--ckpt", str(export), "--shards", str(small.parent), "--out", str(tmp_path / "y")],
           "encodes and decodes 64x64 RGB images", "resize the images to 64x64")
+    fails(["encode", "--ckpt", str(export), "--shards", str(parts / "world" / "val"), "--out", str(tmp_path / "z"),
+           "--palette", "rainbow"], "unknown palette 'rainbow'", "'grid:L'")
+    assert not (tmp_path / "z").exists()  # refused before anything was written
     codes = tmp_path / "codes.npy"
     np.save(codes, np.full((1, 64), 48))  # 4 * 4 * 3 = 48 codes: 48 is one past the last
     fails(["decode", "--ckpt", str(export), "--codes", str(codes), "--out", str(tmp_path / "z")],

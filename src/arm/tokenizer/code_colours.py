@@ -68,7 +68,7 @@ class CodeColourStats:
 
     def update(self, codes: torch.Tensor, images: torch.Tensor, grid: tuple[int, int]) -> None:
         """``codes`` (B, gh * gw) indices of ``images`` (B, 3, H, W) in [0, 1]."""
-        shares = patch_palette_shares(images, self.palette, grid).reshape(-1, self.palette.shape[0])
+        shares = patch_palette_shares(images, self.palette, grid).reshape(-1, self.palette.shape[0]).cpu()
         flat = codes.reshape(-1).long().cpu()
         self.sums.index_add_(0, flat, shares.double())
         self.count.index_add_(0, flat, torch.ones_like(flat, dtype=torch.float64))

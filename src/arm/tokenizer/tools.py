@@ -124,6 +124,7 @@ def run_encode(ns: argparse.Namespace) -> int:
     """Code shards beside the input layout: one output tar per input tar, same keys."""
     from arm.data.samples import expand_shards
 
+    palette = palette_from_spec(ns.palette)  # a bad --palette fails before the tokenizer loads
     bundle = _load(ns.ckpt)
     dtype = np.int16 if bundle.tokenizer.codebook_size <= 2**15 else np.int32
     out = Path(ns.out)
@@ -131,7 +132,7 @@ def run_encode(ns: argparse.Namespace) -> int:
     shards = expand_shards(ns.shards)
     device_type = next(bundle.parameters()).device.type
     autocast = torch.autocast(device_type, dtype=torch.bfloat16, enabled=ns.precision == "bf16")
-    colours = CodeColourStats(bundle.tokenizer.codebook_size, palette_from_spec(ns.palette))
+    colours = CodeColourStats(bundle.tokenizer.codebook_size, palette)
     for shard in tqdm(shards, desc="encode", unit="shard"):
         target = out / Path(shard).name
         tmp = target.with_name(f".{target.name}.tmp{os.getpid()}")
