@@ -106,8 +106,8 @@ def bench_tokenizer(batch: int = 64, decode_steps: int = 10) -> dict:
     model = SemanticTokenizer(config).eval()
     images = torch.rand(batch, 3, config.decoder.image_size, config.decoder.image_size)
     with torch.no_grad():
-        indices = model.quantize(teacher.patch_features(images))[1]
-    encode = _rate(lambda: model.quantize(teacher.patch_features(images)), batch)
+        indices = model.quantize(teacher.patch_features(images), images)[1]
+    encode = _rate(lambda: model.quantize(teacher.patch_features(images), images), batch)
     decode = _rate(lambda: model.decode_indices(indices, steps=decode_steps), batch, repeats=2)
     train = {str(dtype).replace("torch.", ""): bench_pixel_decoder(config.decoder, cond_dim=config.feature_dim,
                                                                      batch=32, dtype=dtype)

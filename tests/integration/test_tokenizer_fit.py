@@ -397,3 +397,34 @@ def test_bf16_mixed_trains_the_tiny_twin(parts, tmp_path):
     losses = read_losses(tmp_path / "losses.json")
     assert sorted(losses) == [0, 1, 2] and all(np.isfinite(v) for v in losses.values())
     assert (out / "tokenizer" / "model.safetensors").is_file()
+
+
+def test_pixel_input_trains_and_the_encode_command_reads_the_pixels(parts, tmp_path):
+    """``model.pixel_input``: fit trains the pixel map away from its zero start, and ``arm tokenizer encode`` writes
+    the codes of features + pixel patches, recomputed here layer by layer from the export's weights."""
+    import webdataset as wds
+
+    from arm.data.samples import decode_image
+    from arm.tokenizer.model import TokenizerBundle
+
+    out = tmp_path / "run"
+    assert main(_fit_args(parts, out, "--model.pixel_input", "true")) == 0
+    bundle = TokenizerBundle.load(str(out / "tokenizer"))
+    proj = bundle.tokenizer.projection
+    assert bundle.tokenizer.config.pixel_input and float(proj.pix_in.weight.abs().sum()) > 0
+    codes_dir = tmp_path / "codes"
+    assert main(["encode", "--ckpt", str(out / "tokenizer"), "--shards", str(parts / "world" / "val"),
+                 "--out", str(codes_dir), "--batch-size", "8"]) == 0
+    written = list(wds.tarfile_samples([{"url": str(p)} for p in sorted(codes_dir.glob("*.tar"))]))
+    sources = list(wds.tarfile_samples([{"url": str(p)} for p in sorted((parts / "world" / "val").glob("*.tar"))]))
+    images = torch.stack([decode_image(s["png"]) for s in sources[:4]])  # (4, 3, 64, 64)
+    with torch.no_grad():
+        feats = bundle.teacher.patch_features(images)
+        patches = images.reshape(4, 3, 8, 8, 8, 8).permute(0, 2, 4, 1, 3, 5).reshape(4, 64, 192) * 2 - 1
+        z = proj.enc_out(proj.encoder(proj.enc_in(feats) + patches @ proj.pix_in.weight.T))
+        expected = proj.fsq.codes_to_indices(proj.fsq(z)).numpy()
+    got = np.stack([np.load(io.BytesIO(s["codes.npy"])) for s in written[:4]])
+    np.testing.assert_array_equal(got, expected)
+    report = tmp_path / "eval.json"
+    assert main(_eval_args(parts, out / "tokenizer", report)) == 0
+    assert 0 < json.loads(report.read_text())["code_usage"] <= 1

@@ -76,6 +76,8 @@ class TokenizerModule(L.LightningModule):
         semantic_grad_scale: factor on the gradient that L_cap, L_sig and L_feat send through the codes into the
             projection's encoder (the symmetric projection after FSQ and the heads get it in full; L_pix always
             in full). 1 is the paper; less keeps the codes for the pixels (experiments/LOG.md, 2026-12-04).
+        pixel_input: the projection's encoder also reads each token's own pixel patch beside the teacher's feature
+            (``arm.tokenizer.model.TokenizerConfig.pixel_input``; not in ARM, whose codes see only the encoder).
         lr, weight_decay, warmup_steps, betas: AdamW with warm-up and cosine decay to ``trainer.max_steps``.
         decoder_lr_scale: the pixel decoder trains at ``lr x decoder_lr_scale`` (everything else at ``lr``), since
             a higher rate for the whole tokenizer destabilises the codes (LOG, eighth session). Measured at 2 on the
@@ -107,6 +109,7 @@ class TokenizerModule(L.LightningModule):
         sig_pool: str = "teacher",
         sig_queue: int = 0,
         semantic_grad_scale: float = 1.0,
+        pixel_input: bool = False,
         lr: float = 1e-3,
         decoder_lr_scale: float = 1.0,
         weight_decay: float = 0.0,
@@ -150,7 +153,7 @@ class TokenizerModule(L.LightningModule):
             decoder=decoder or PixelDiTConfig(image_size=tc.image_size),
             feature_dim=tc.image_dim, text_embed_dim=tc.embed_dim,
             lm_dim=self.lm.config.dim if self.lm is not None else 0,
-            pool=getattr(tc, "pool", "mean"), sig_pool=sig_pool,
+            pool=getattr(tc, "pool", "mean"), sig_pool=sig_pool, pixel_input=pixel_input,
             # Without L_sig the sigmoid head stays random: read z_q the teacher's way, where the teacher can pool
             # patch features itself (ours can; a CLIP teacher's embedding needs its class token, so it cannot).
             readout="teacher" if w_sig == 0 and callable(getattr(self.teacher, "pool", None)) else "head",
@@ -209,7 +212,7 @@ class TokenizerModule(L.LightningModule):
             feats = self.teacher.patch_features(images)  # (B, N, F)
         semantic = hp.w_feat > 0 or hp.w_sig > 0 or hp.w_cap > 0
         scale = hp.semantic_grad_scale if (semantic and self.training) else 1.0
-        z_q, z_sem, indices = self.model.quantize_scaled(feats, scale)  # z_sem: z_q for the semantic losses
+        z_q, z_sem, indices = self.model.quantize_scaled(feats, scale, images)  # z_sem: z_q for the semantic losses
         out: dict[str, torch.Tensor] = {}
         if hp.w_feat > 0:
             out["feat"] = (1 - F.cosine_similarity(z_sem, feats, dim=-1)).mean()

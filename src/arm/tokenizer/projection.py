@@ -30,9 +30,16 @@ from arm.tokenizer.fsq import FSQ
 
 
 class CodeProjection(nn.Module):
-    """Features (B, N, feature_dim) <-> FSQ codes (B, N, code_dim), with ``len(levels) == code_dim``."""
+    """Features (B, N, feature_dim) <-> FSQ codes (B, N, code_dim), with ``len(levels) == code_dim``.
 
-    def __init__(self, feature_dim: int, code_dim: int, levels: Sequence[int], config: TransformerConfig) -> None:
+    ``pixel_dim > 0`` adds a second input to the encoder half: a linear map of each token's own pixel patch
+    (B, N, pixel_dim), added to the linear map of its features (``encode(features, pixels)``). It is zero-initialised,
+    so a fresh projection computes what it would without it. Our addition, not in ARM: the frozen encoder's
+    features drop the edges a reconstruction needs (``SemanticTokenizer``'s ``pixel_input`` says why).
+    """
+
+    def __init__(self, feature_dim: int, code_dim: int, levels: Sequence[int], config: TransformerConfig,
+                 pixel_dim: int = 0) -> None:
         super().__init__()
         if len(levels) != code_dim:
             raise ValueError(f"code_dim={code_dim} but {len(levels)} FSQ levels given: pass one level per code dim")
@@ -40,6 +47,10 @@ class CodeProjection(nn.Module):
         self.config = dataclasses.replace(config, causal=False)
         width = self.config.dim
         self.enc_in = nn.Linear(feature_dim, width)
+        self.pixel_dim = pixel_dim
+        self.pix_in = nn.Linear(pixel_dim, width, bias=False) if pixel_dim > 0 else None
+        if self.pix_in is not None:
+            nn.init.zeros_(self.pix_in.weight)
         self.encoder = Transformer(self.config)
         self.enc_out = nn.Linear(width, code_dim)
         self.fsq = FSQ(levels)
@@ -51,13 +62,22 @@ class CodeProjection(nn.Module):
     def codebook_size(self) -> int:
         return self.fsq.codebook_size
 
-    def encode(self, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """``features`` (B, N, F) -> (z (B, N, d) pre-quantization, codes (B, N, d) float32, indices (B, N) int64)."""
+    def encode(self, features: torch.Tensor, pixels: torch.Tensor | None = None
+               ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``features`` (B, N, F) and, when built with ``pixel_dim``, ``pixels`` (B, N, pixel_dim) -> (z (B, N, d)
+        pre-quantization, codes (B, N, d) float32, indices (B, N) int64)."""
         if features.shape[-1] != self.feature_dim:
             raise ValueError(f"features have last dim {features.shape[-1]} but CodeProjection was built with "
                              f"feature_dim={self.feature_dim}: set feature_dim={features.shape[-1]} "
                              f"(the teacher's width)")
-        h = self.encoder(self.enc_in(features))  # (B, N, W)
+        x = self.enc_in(features)  # (B, N, W)
+        if self.pix_in is not None:
+            if pixels is None or pixels.shape != (*features.shape[:-1], self.pixel_dim):
+                got = None if pixels is None else tuple(pixels.shape)
+                raise ValueError(f"this projection reads each token's pixel patch beside its features: pass pixels "
+                                 f"of shape {(*features.shape[:-1], self.pixel_dim)}, got {got}")
+            x = x + self.pix_in(pixels.to(x.dtype))
+        h = self.encoder(x)  # (B, N, W)
         # The last linear and FSQ run in fp32 with autocast off: under bf16 autocast z would carry 8 mantissa bits,
         # too few to place values against FSQ's rounding boundaries (a few thousand MACs per token: no speed cost).
         with torch.autocast(device_type=h.device.type, enabled=False):
@@ -77,7 +97,8 @@ class CodeProjection(nn.Module):
         """Code indices (B, N) -> z_q (B, N, F): the path from AR-generated tokens back to features."""
         return self.decode(self.fsq.indices_to_codes(indices))
 
-    def forward(self, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """``features`` (B, N, F) -> (z_q (B, N, F), codes (B, N, d), indices (B, N))."""
-        _, codes, indices = self.encode(features)
+    def forward(self, features: torch.Tensor, pixels: torch.Tensor | None = None
+                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``features`` (B, N, F) [and ``pixels``, as ``encode``] -> (z_q (B, N, F), codes (B, N, d), indices (B, N))."""
+        _, codes, indices = self.encode(features, pixels)
         return self.decode(codes), codes, indices

@@ -76,7 +76,7 @@ def run_eval(ns: argparse.Namespace) -> int:
         for batch in tqdm(stream, desc=f"tokenizer eval {split}", unit="batch"):
             images = batch["image"]
             with torch.no_grad():
-                z_q, indices = tok.quantize(bundle.teacher.patch_features(images))
+                z_q, indices = tok.quantize(bundle.teacher.patch_features(images), images)
                 parts = {}
                 if evaluate and lm is not None:
                     from arm.ar.lm_module import encode_captions
