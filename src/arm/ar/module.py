@@ -5,9 +5,9 @@ One ``ARDecoder`` learns every task of ``arm.ar.sequences`` by next-token predic
 scored text tokens of the batch (answers, captions, ``<eos>`` and ``<eoi>``) plus the image head's cross-entropy
 averaged over the scored image tokens (generated and edited images). AdamW with betas (0.9, 0.95), no weight
 decay by default, linear warm-up then cosine decay (``arm.optim``), gradient clipping by the trainer (ARM §2).
-With ``contrast_weight`` > 0, training adds ``contrast_weight * L_contrast`` (``arm.ar.contrast``; our addition,
-off in every shipped YAML) and logs ``train/loss_contrast`` and ``train/contrast_gap``; with ``contrast_words``
-set, validation logs ``val/contrast_gap`` (see the argument).
+With ``contrast_weight`` > 0, training adds ``contrast_weight * L_contrast`` (``arm.ar.contrast``; our addition;
+experiments/ar/shapeworld.yaml uses it on the colour words) and logs ``train/loss_contrast`` and
+``train/contrast_gap``; with ``contrast_words`` set, validation logs ``val/contrast_gap`` (see the argument).
 
 Logged: ``train/loss``, ``train/loss_text``, ``train/loss_image``, ``train/loss_<task>`` (mean CE over the scored
 tokens of that task's sequences), ``train/tokens_per_s`` (real, unpadded tokens per wall second between steps,
@@ -181,8 +181,10 @@ class ARModule(L.LightningModule):
                 0.131 plain, 0.135 with both for training seed 1 (colour words not learnt); VQA within noise.
             contrast_weight: weight of L_contrast (``arm.ar.contrast``: a generation sequence's matched prompt must
                 explain its image better than the prompt with one ``contrast_words`` word swapped); 0 = off.
-                Measured (experiments/LOG.md, thirteenth session): GenEval's colours tag 0.011 -> 0.22 with colour
-                swaps at 0.1, but single object 0.44 -> 0.29 and GenEval overall unchanged, so the YAMLs leave it off.
+                Measured (experiments/LOG.md, thirteenth session): alone, GenEval's colours tag 0.011 -> 0.22 with
+                colour swaps at 0.1, but single object 0.44 -> 0.29 and GenEval overall unchanged; beside the code
+                colours, 0.05 on the colour words with 4 rows lifts GenEval at both training seeds measured (0.169 ->
+                0.188, 0.135 -> 0.175; fifteenth session), as experiments/ar/shapeworld.yaml ships it.
             contrast_words: groups of interchangeable single-token words (e.g. the colour names, the shape
                 names); a negative swaps one word of a prompt for another of its group. Given, validation logs
                 ``val/contrast_gap`` (whatever the weight): the mean log-likelihood by which a val image's own
