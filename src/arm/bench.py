@@ -9,7 +9,7 @@ Entries:
 - PNG encoding: the hand-written encoder against PIL's at the same zlib level (ratio = speed-up);
 - detector: images/s on clean test scenes;
 - tokenizer (embedded-default sizes, random weights): encode and decode images/s, pixel-DiT training images/s in
-  fp32 and bf16 autocast;
+  fp32, bf16 autocast and bf16 with compiled blocks (ratios against fp32);
 - AR model (issue 4's reference config, ``arm.ar.bench``): training tokens/s at sequence 256 in fp32, bf16 and
   bf16 with compiled blocks, with MFU against matmul peaks measured in the same run; sampling tokens/s of 16 rows x
   256 image tokens with CFG 1.5, and the KV cache's speed-up over full recomputation;
@@ -86,7 +86,8 @@ def bench_detector(num: int = 1000) -> dict:
 def bench_tokenizer(batch: int = 64, decode_steps: int = 10) -> dict:
     """The embedded-default tokenizer's sizes (from the shipped YAMLs) with random weights: encode img/s
     (teacher patch features + projection + FSQ), decode img/s (``decode_steps`` Euler steps of the pixel DiT),
-    and the pixel DiT's training img/s (fwd + bwd + AdamW, the tokenizer step's dominant cost), fp32 and bf16."""
+    and the pixel DiT's training img/s (fwd + bwd + AdamW, the tokenizer step's largest cost) in fp32, bf16 and
+    bf16 with compiled blocks (the tokenizer's ``compile_blocks``), with each one's speed-up over fp32."""
     import torch
     import yaml
 
@@ -109,9 +110,12 @@ def bench_tokenizer(batch: int = 64, decode_steps: int = 10) -> dict:
         indices = model.quantize(teacher.patch_features(images), images)[1]
     encode = _rate(lambda: model.quantize(teacher.patch_features(images), images), batch)
     decode = _rate(lambda: model.decode_indices(indices, steps=decode_steps), batch, repeats=2)
-    train = {str(dtype).replace("torch.", ""): bench_pixel_decoder(config.decoder, cond_dim=config.feature_dim,
-                                                                     batch=32, dtype=dtype)
-             for dtype in (torch.float32, torch.bfloat16)}
+    train = {name: bench_pixel_decoder(config.decoder, cond_dim=config.feature_dim, batch=32, dtype=dtype,
+                                       compiled=compiled)
+             for name, dtype, compiled in (("float32", torch.float32, False), ("bfloat16", torch.bfloat16, False),
+                                           ("bfloat16_compiled", torch.bfloat16, True))}
+    for row in train.values():
+        row["speedup_over_fp32"] = row["train_img_s"] / train["float32"]["train_img_s"]
     return {"encode_img_per_s": encode, "decode_img_per_s": decode, "decode_steps": decode_steps,
             "pixel_decoder_train": train, "codebook_size": config.codebook_size}
 

@@ -210,6 +210,59 @@ def test_pix_repeats_draws_several_noises_per_image_in_training_only(parts):
         TokenizerModule(str(parts / "teacher"), lm_dir=None, w_cap=0.0, pix_repeats=0)
 
 
+def test_compile_blocks_matches_eager_and_leaves_sampling_and_exports_alone(parts):
+    """``compile_blocks``: the projection's and the pixel decoder's blocks run compiled in training, with the same
+    losses and gradients as eager; the decoder samples with its eager blocks; the state dict is unchanged; and the
+    option is refused under FSDP2."""
+    from arm.tokenizer.module import TokenizerModule
+
+    module = TokenizerModule(str(parts / "teacher"), lm_dir=str(parts / "lm"), levels=[4, 4, 3], compile_blocks=True,
+                             cond_drop_prob=0.0)
+    keys = set(module.state_dict())
+    module.configure_model()
+    stacks = module.compiled_stacks()
+    assert [len(s.compiled_blocks) for s in stacks] == [len(s.blocks) for s in stacks]
+    assert set(module.state_dict()) == keys
+    gen = torch.Generator().manual_seed(int(torch.randint(0, 10_000, ()).item()))
+    images = torch.rand(3, 3, 64, 64, generator=gen)
+    captions = ["a red circle", "a blue square", "a green star"]
+
+    def losses_and_grads(compiled: bool) -> tuple[dict, dict]:
+        saved = [s.compiled_blocks for s in stacks]
+        if not compiled:
+            for s in stacks:
+                s.compiled_blocks = None
+        module.train()
+        module.zero_grad()
+        torch.manual_seed(7)  # the decoder's noise and times
+        out, _, _ = module.losses(images, captions)
+        module._total(out).backward()
+        for s, blocks in zip(stacks, saved):
+            s.compiled_blocks = blocks
+        return ({k: v.detach() for k, v in out.items()},
+                {n: p.grad.clone() for n, p in module.model.named_parameters() if p.grad is not None})
+
+    (compiled, compiled_grads), (eager, eager_grads) = losses_and_grads(True), losses_and_grads(False)
+    for key in eager:
+        torch.testing.assert_close(compiled[key], eager[key], atol=1e-4, rtol=1e-4)
+    assert compiled_grads.keys() == eager_grads.keys()
+    for name in eager_grads:
+        torch.testing.assert_close(compiled_grads[name], eager_grads[name], atol=1e-4, rtol=1e-3)
+    # Sampling (eval mode) never calls the compiled decoder blocks.
+    decoder = module.model.decoder
+    calls = []
+    decoder.compiled_blocks = [lambda h, c, block=b: (calls.append(1), block(h, c))[1] for b in decoder.blocks]
+    module.eval()
+    decoder.sample(torch.randn(2, 64, module.model.config.feature_dim), steps=2)
+    assert not calls
+    module.train()
+    decoder.loss(images, torch.randn(3, 64, module.model.config.feature_dim))
+    assert len(calls) == len(decoder.blocks)
+    module._device_mesh = object()  # as under ModelParallelStrategy
+    with pytest.raises(ValueError, match="compile_blocks is single-process only"):
+        module.configure_model()
+
+
 def test_sig_queue_adds_earlier_captions_as_negatives_in_training_only(parts):
     from arm.tokenizer.module import TokenizerModule
 

@@ -163,6 +163,9 @@ def test_bench_helpers_run_on_a_tiny_config():
         row = bench_pixel_decoder(cfg, cond_dim=12, batch=2, sample_steps=2, cfg_scale=1.5, dtype=dtype,
                                   warmup=0, repeats=1)
         assert row["train_img_s"] > 0 and row["sample_img_s"] > 0 and row["tokens"] == 16
+    row = bench_pixel_decoder(cfg, cond_dim=12, batch=2, sample_steps=2, dtype=torch.bfloat16, warmup=1, repeats=1,
+                              compiled=True)
+    assert row["compiled"] and row["train_img_s"] > 0
     assert bench_projection(feature_dim=12, tokens=4, batch=2, warmup=0, repeats=1)["train_img_s"] > 0
 
 

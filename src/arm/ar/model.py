@@ -44,7 +44,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from arm.nn import KVCache, Transformer, TransformerConfig
+from arm.nn import KVCache, Transformer, TransformerConfig, compile_blocks, uncompile_blocks
 from arm.tokenizer.fsq import FSQ
 
 ROPE_CACHE_CAP = 4096
@@ -326,22 +326,18 @@ def fold_code_factors(state: dict[str, torch.Tensor], image_token_offset: int) -
 
 
 def compile_for_training(model: ARDecoder, dynamic: bool | None = None) -> ARDecoder:
-    """Compile every transformer block with ``torch.compile`` (regional compilation, as torchtitan does), in place.
+    """Compile every transformer block of ``model`` in place (``arm.nn.compile_blocks``).
 
     Only the no-cache path (training, scoring) uses the compiled blocks; cached decoding stays eager, since the
-    cache's changing length would recompile every step. Identical blocks share one compiled graph, so the cost is
-    one block's compile (~10-60 s on 2 busy cores) plus a recompile when the sequence length first changes
-    (``dynamic=None`` lets torch switch to a dynamic-shape graph then). The state dict is unchanged. On a machine
-    where compilation fails (no C++ compiler, unsupported op) the first training step raises; call
-    ``uncompile(model)`` to go back to eager. Apply before FSDP2 sharding is untested.
+    cache's changing length would recompile every step. ``uncompile(model)`` goes back to eager.
     """
-    model.body.compiled_blocks = [torch.compile(block, dynamic=dynamic) for block in model.body.blocks]
+    compile_blocks(model.body, dynamic)
     return model
 
 
 def uncompile(model: ARDecoder) -> ARDecoder:
     """Undo ``compile_for_training``."""
-    model.body.compiled_blocks = None
+    uncompile_blocks(model.body)
     return model
 
 

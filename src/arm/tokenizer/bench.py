@@ -22,7 +22,7 @@ from collections.abc import Callable
 
 import torch
 
-from arm.nn import TransformerConfig
+from arm.nn import TransformerConfig, compile_blocks
 from arm.tokenizer.pixel_decoder import PixelDiT, PixelDiTConfig
 from arm.tokenizer.projection import CodeProjection
 
@@ -46,10 +46,15 @@ def _median_seconds(fn: Callable[[], None], warmup: int, repeats: int) -> float:
 
 def bench_pixel_decoder(config: PixelDiTConfig, cond_dim: int = 128, cond_tokens: int | None = None,
                         batch: int = 32, sample_steps: int = 10, cfg_scale: float = 1.0,
-                        dtype: torch.dtype = torch.float32, warmup: int = 1, repeats: int = 3) -> dict:
-    """Train and sample images/s of one ``PixelDiT``. ``cond_tokens`` defaults to the number of patches."""
+                        dtype: torch.dtype = torch.float32, warmup: int = 1, repeats: int = 3,
+                        compiled: bool = False) -> dict:
+    """Train and sample images/s of one ``PixelDiT``. ``cond_tokens`` defaults to the number of patches.
+    ``compiled``: the training step runs torch.compile'd blocks (``arm.nn.compile_blocks``, as the tokenizer's
+    ``compile_blocks`` option; the first warm-up call pays the compile); sampling stays eager either way."""
     torch.manual_seed(0)
     model = PixelDiT(cond_dim, config)
+    if compiled:
+        compile_blocks(model, dynamic=False)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
     n = config.num_patches if cond_tokens is None else cond_tokens
     images = torch.rand(batch, config.channels, config.image_size, config.image_size)
@@ -70,7 +75,7 @@ def bench_pixel_decoder(config: PixelDiTConfig, cond_dim: int = 128, cond_tokens
     sample_s = _median_seconds(sample, warmup, max(1, repeats - 1))
     return {"params_m": sum(p.numel() for p in model.parameters()) / 1e6, "tokens": config.num_patches,
             "train_img_s": batch / train_s, "sample_img_s": batch / sample_s, "sample_steps": sample_steps,
-            "cfg_scale": cfg_scale, "dtype": str(dtype).replace("torch.", ""), "batch": batch}
+            "cfg_scale": cfg_scale, "dtype": str(dtype).replace("torch.", ""), "batch": batch, "compiled": compiled}
 
 
 def bench_projection(feature_dim: int = 128, tokens: int = 64, levels: tuple[int, ...] = (2,) * 16,

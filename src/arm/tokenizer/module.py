@@ -89,6 +89,9 @@ class TokenizerModule(L.LightningModule):
             largest share of a step (validation always uses the whole batch).
         val_recon_images: val images reconstructed per validation (PSNR, SSIM, semantic, FD).
         val_decode_steps, val_cfg_scale: Euler steps and decoder CFG for those reconstructions.
+        compile_blocks: ``torch.compile`` the transformer blocks of the projection on both sides of FSQ and of the
+            pixel decoder (its training pass only) (``arm.nn.compile_blocks``, ``compiled_stacks``). Single-process
+            only; exports and checkpoints are unchanged.
         export: write the trained tokenizer to ``<default_root_dir>/tokenizer`` at the end of fit.
         inception_weights: local torch-fidelity InceptionV3 weights file; validation then logs ``val/rfid``.
     """
@@ -120,6 +123,7 @@ class TokenizerModule(L.LightningModule):
         val_recon_images: int = 128,
         val_decode_steps: int = 10,
         val_cfg_scale: float = 1.0,
+        compile_blocks: bool = False,
         export: bool = True,
         inception_weights: str | None = None,
     ) -> None:
@@ -172,7 +176,15 @@ class TokenizerModule(L.LightningModule):
         """Under ``ModelParallelStrategy``: FSDP2-shard the trainable tokenizer per transformer block
         (``arm.parallel``); the frozen teacher and caption LM stay whole on every rank (moved to its device)."""
         if self.device_mesh is None:
+            if self.hparams.compile_blocks and self.model.decoder.compiled_blocks is None:
+                from arm.nn import compile_blocks
+
+                for stack in self.compiled_stacks():
+                    compile_blocks(stack, dynamic=False)  # one static graph per shape: train and val batches
             return
+        if self.hparams.compile_blocks:
+            raise ValueError("model.compile_blocks is single-process only: it is untested under "
+                             "ModelParallelStrategy (FSDP2); set model.compile_blocks false")
         from arm.parallel import parallelize
 
         device = self.trainer.strategy.root_device
@@ -183,6 +195,14 @@ class TokenizerModule(L.LightningModule):
         parallelize(self.model, self.device_mesh["data_parallel"],
                     [*proj.encoder.blocks, *proj.decoder.blocks, *dec.blocks],
                     forward_methods=("quantize", "quantize_scaled", "pooled_embedding"))
+
+    def compiled_stacks(self) -> list[torch.nn.Module]:
+        """The block stacks ``compile_blocks`` compiles: the projection on both sides of FSQ and the pixel decoder,
+        whose shapes are fixed by the batch. The frozen towers stay eager: the teacher's image tower bought nothing
+        measurable, and the caption LM and the text tower see a new length with every batch of captions, each a
+        recompile (experiments/LOG.md, sixteenth session)."""
+        proj = self.model.projection
+        return [proj.encoder, proj.decoder, self.model.decoder]
 
     # ------------------------------------------------------------------------------------------ losses
 

@@ -179,6 +179,8 @@ class PixelDiT(nn.Module):
         self.cond_type = nn.Parameter(torch.zeros(d))  # marks prepended condition tokens (N != P case)
         self.time_mlp = nn.Sequential(nn.Linear(config.time_freq_dim, d), nn.SiLU(), nn.Linear(d, d))
         self.blocks = nn.ModuleList(DiTBlock(d, config.num_heads, config.hidden) for _ in range(config.num_layers))
+        # torch.compile'd blocks for the training pass (``arm.nn.compile_blocks``); a plain list, not registered.
+        self.compiled_blocks: list | None = None
         self.final_ada = nn.Linear(d, 2 * d)
         self.final = nn.Linear(d, patch_dim)
         for layer in (self.final_ada, self.final):  # zero output at init: the initial velocity guess is 0
@@ -217,7 +219,9 @@ class PixelDiT(nn.Module):
             cpos = sincos_1d(torch.arange(n, device=h.device), h.shape[-1])  # (N, D)
             h = torch.cat([c_tok + self.cond_type + cpos, h], dim=1)  # (B, N + P, D)
         c = self.time_mlp(sincos_1d(t * 1000.0, self.config.time_freq_dim))  # (B, D); DiT's t in [0, 1000]
-        for block in self.blocks:
+        # Compiled blocks serve training only: sampling and evaluation change the batch (CFG doubles it, the last
+        # chunk is short) and run without gradients, and each change would cost a recompile.
+        for block in self.compiled_blocks if (self.compiled_blocks and self.training) else self.blocks:
             h = block(h, c)
         h = h[:, -num_patches:]  # (B, P, D): drop prepended condition tokens, if any
         shift, scale = self.final_ada(F.silu(c)).chunk(2, dim=-1)
