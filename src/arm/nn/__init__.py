@@ -7,11 +7,11 @@ from arm.nn.mlp import SwiGLU
 from arm.nn.norm import RMSNorm
 from arm.nn.rope import RotaryEmbedding, apply_rotary, rotate_half
 from arm.nn.transformer import (
-           Transformer,
-           TransformerBlock,
-           TransformerConfig,
-           compile_blocks,
-           uncompile_blocks,
+    Transformer,
+    TransformerBlock,
+    TransformerConfig,
+    compile_blocks,
+    uncompile_blocks,
 )
 
 __all__ = ["Attention", "KVCache", "RMSNorm", "RotaryEmbedding", "SwiGLU", "Transformer", "TransformerBlock",

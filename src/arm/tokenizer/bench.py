@@ -61,6 +61,7 @@ def bench_pixel_decoder(config: PixelDiTConfig, cond_dim: int = 128, cond_tokens
     cond = torch.randn(batch, n, cond_dim)
 
     def train_step() -> None:
+        model.train()
         opt.zero_grad(set_to_none=True)
         with _autocast(dtype):
             loss = model.loss(images, cond, cond_drop_prob=0.1)
@@ -68,6 +69,7 @@ def bench_pixel_decoder(config: PixelDiTConfig, cond_dim: int = 128, cond_tokens
         opt.step()
 
     def sample() -> None:
+        model.eval()  # as the tokenizer samples: eager blocks (``PixelDiT.compiled_blocks`` serve training only)
         with _autocast(dtype):
             model.sample(cond, steps=sample_steps, cfg_scale=cfg_scale)
 
