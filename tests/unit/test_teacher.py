@@ -464,3 +464,36 @@ def _tiny_tokenizer_and_config(tmp_path, extra_text: str = ""):
     cfg = TeacherConfig(embed_dim=16, image_dim=32, text_dim=32, image_layers=1, text_layers=1, image_heads=2,
                         text_heads=2)
     return tok, cfg
+
+
+def test_bucketed_text_embeddings_under_bf16_autocast(tmp_path):
+    """bf16-mixed teacher training: the length-bucketed text embeddings come back in fp32, close to the plain
+    fp32 pass of the same texts, and the loss reaches the text tower's weights."""
+    import random
+
+    from arm.data.shapeworld.scene import scene_for
+    from arm.data.shapeworld.text import caption
+    from arm.data.text_tokenizer import train_text_tokenizer
+    from arm.teacher.module import TeacherModule
+
+    tok = str(tmp_path / "tokenizer.json")
+    rng = random.Random(1)
+    texts = [caption(scene_for(0, "train", i), rng) for i in range(200)]
+    train_text_tokenizer(texts, 300, tok)
+    cfg = TeacherConfig(embed_dim=16, image_dim=32, text_dim=32, image_layers=1, text_layers=1, image_heads=2,
+                        text_heads=2)
+    torch.manual_seed(int(torch.randint(0, 10_000, ())))
+    module = TeacherModule(tok, cfg, attribute_weight=1.0)
+    sample = texts[:9]  # 9 texts of different lengths in buckets of 4
+    with torch.no_grad():
+        plain = module.model.text_embedding(*module._encode(sample))
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            mixed = module._embed_texts_bucketed(sample, bucket=4)
+    assert mixed.dtype == torch.float32
+    torch.testing.assert_close(mixed, plain, atol=0.03, rtol=0.0)  # bf16 keeps ~3 significant digits
+    metas = [{"key": f"k{i}", "scene": scene_for(0, "train", i).to_json(), "caption": texts[i]} for i in range(4)]
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        loss = module._train_loss({"meta": metas, "image": torch.rand(4, 3, 64, 64)})
+    loss.backward()
+    assert torch.isfinite(loss) and module.model.token_embed.weight.grad.abs().sum() > 0
+

@@ -286,7 +286,8 @@ class TeacherModule(L.LightningModule):
         for start in range(0, len(texts), bucket):
             idx = order[start:start + bucket]
             width = int(lengths[idx].max())
-            out[idx] = self.model.text_embedding(ids[idx, :width], mask[idx, :width])
+            # .to: under bf16 autocast (precision bf16-mixed) the tower returns bf16 and the buffer is fp32
+            out[idx] = self.model.text_embedding(ids[idx, :width], mask[idx, :width]).to(out.dtype)
         return out
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
