@@ -473,18 +473,14 @@ def test_bucketed_text_embeddings_under_bf16_autocast(tmp_path):
 
     from arm.data.shapeworld.scene import scene_for
     from arm.data.shapeworld.text import caption
-    from arm.data.text_tokenizer import train_text_tokenizer
     from arm.teacher.module import TeacherModule
 
-    tok = str(tmp_path / "tokenizer.json")
+    tok, cfg = _tiny_tokenizer_and_config(tmp_path)
     rng = random.Random(1)
-    texts = [caption(scene_for(0, "train", i), rng) for i in range(200)]
-    train_text_tokenizer(texts, 300, tok)
-    cfg = TeacherConfig(embed_dim=16, image_dim=32, text_dim=32, image_layers=1, text_layers=1, image_heads=2,
-                        text_heads=2)
+    texts = [caption(scene_for(0, "train", i), rng) for i in range(9)]
     torch.manual_seed(int(torch.randint(0, 10_000, ())))
     module = TeacherModule(tok, cfg, attribute_weight=1.0)
-    sample = texts[:9]  # 9 texts of different lengths in buckets of 4
+    sample = texts  # 9 captions of different lengths in buckets of 4
     with torch.no_grad():
         plain = module.model.text_embedding(*module._encode(sample))
         with torch.autocast("cpu", dtype=torch.bfloat16):
