@@ -29,6 +29,18 @@ def warmup_cosine_factor(warmup_steps: int, total_steps: int | None):
     return factor
 
 
+def two_phase_factor(warmup_steps: int, first_steps: int, total_steps: int):
+    """``warmup_cosine_factor`` over steps [0, first_steps), then again, from a fresh warm-up, over [first_steps,
+    total_steps): the first phase is scheduled exactly as a run of ``first_steps`` alone would be, and a second
+    phase that trains only some of the parameters (a decoder alone on frozen codes) gets its own warm-up and
+    cosine."""
+    if not 0 < first_steps < total_steps:
+        raise ValueError(f"the first phase must end inside the run: got {first_steps} of {total_steps} steps")
+    first = warmup_cosine_factor(warmup_steps, first_steps)
+    second = warmup_cosine_factor(warmup_steps, total_steps - first_steps)
+    return lambda step: first(step) if step < first_steps else second(step - first_steps)
+
+
 def adamw_warmup_cosine(
     params: Iterable[torch.nn.Parameter] | Iterable[tuple[Iterable[torch.nn.Parameter], float]],
     lr: float,
@@ -36,11 +48,13 @@ def adamw_warmup_cosine(
     betas: tuple[float, float],
     warmup_steps: int,
     total_steps: int | None,
+    factor=None,
 ) -> dict[str, Any]:
     """``configure_optimizers``'s return value: decay on tensors with >= 2 dims (not norms, biases, scalars).
 
     ``params`` is either parameters, all at ``lr``, or ``(parameters, lr_scale)`` pairs, each part at ``lr x
-    lr_scale`` under the same warm-up and cosine (a parameter listed twice is an error)."""
+    lr_scale`` under the same warm-up and cosine (a parameter listed twice is an error). ``factor``: a step ->
+    multiplier schedule (e.g. ``two_phase_factor``) in place of the warm-up and cosine."""
     items = list(params)
     parts = items if items and isinstance(items[0], tuple) else [(items, 1.0)]
     groups, seen = [], set()
@@ -61,7 +75,7 @@ def adamw_warmup_cosine(
 
     if is_sharded(params):  # FSDP2: a distributed checkpoint needs state for every parameter (see there)
         materialize_optimizer_state(opt)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, warmup_cosine_factor(warmup_steps, total_steps))
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, factor or warmup_cosine_factor(warmup_steps, total_steps))
     return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
 

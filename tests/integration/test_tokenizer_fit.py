@@ -345,6 +345,28 @@ def test_resume_from_last_checkpoint(parts, tmp_path):
     shutil.rmtree(out)
 
 
+def test_decoder_steps_train_the_pixel_decoder_alone_at_the_end(parts, tmp_path, capsys):
+    """``decoder_steps`` 2 of 4: between the checkpoints of steps 2 and 4 only the pixel decoder's weights move (the
+    codes are final); in a joint run the rest moves over the same steps too, so the check is not vacuous."""
+    def fit(name: str, *extra: str) -> dict[str, dict[str, torch.Tensor]]:
+        out = tmp_path / name
+        ckpt = ["--trainer.enable_checkpointing", "true", "--trainer.callbacks+=ModelCheckpoint",
+                "--trainer.callbacks.save_top_k=-1", "--trainer.callbacks.every_n_train_steps=2",
+                "--trainer.callbacks.dirpath", str(out / "ckpt"), "--model.export", "false"]
+        assert main(_fit_args(parts, out, "--trainer.max_steps", "4", *ckpt, *extra)) == 0
+        return {step: torch.load(next((out / "ckpt").glob(f"*step={step}.ckpt")), map_location="cpu",
+                                 weights_only=True)["state_dict"] for step in (2, 4)}
+
+    def moved(states: dict) -> set[str]:
+        return {k for k, v in states[2].items() if not torch.equal(v, states[4][k])}
+
+    phased, joint = moved(fit("phased", "--model.decoder_steps", "2")), moved(fit("joint"))
+    assert phased and all(k.startswith("model.decoder.") for k in phased)
+    assert any(k.startswith("model.projection.") for k in joint)
+    assert main(_fit_args(parts, tmp_path / "long", "--model.decoder_steps", "4")) == 2  # all 4 steps: no joint phase
+    assert "needs a longer run" in capsys.readouterr().err
+
+
 def _small_clip_file(path: Path) -> Path:
     """A randomly initialised OpenAI CLIP ViT (32 px input, 16 px patches: 4 patch features of width 64; text width
     64, so the default 64-wide heads fit), saved as a plain state dict."""

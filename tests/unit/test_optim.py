@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from arm.optim import adamw_warmup_cosine, warmup_cosine_factor
+from arm.optim import adamw_warmup_cosine, two_phase_factor, warmup_cosine_factor
 
 
 def _two_parts():
@@ -53,3 +53,14 @@ def test_bad_parts_are_errors():
         adamw_warmup_cosine([(a.parameters(), 1.0), (a.parameters(), 2.0)], 1e-3, 0.0, (0.9, 0.95), 0, None)
     with pytest.raises(ValueError, match="must be > 0"):
         adamw_warmup_cosine([(b.parameters(), 0.0)], 1e-3, 0.0, (0.9, 0.95), 0, None)
+
+
+def test_two_phase_factor_restarts_the_warmup_and_cosine_at_the_boundary():
+    f = two_phase_factor(10, 110, 160)
+    assert f(0) == pytest.approx(0.1) and f(60) == pytest.approx(0.5)  # the first phase: warm-up 10, cosine to 110
+    assert f(109) == pytest.approx(0.5 * (1 + math.cos(math.pi * 99 / 100)))
+    assert f(110) == pytest.approx(0.1) and f(119) == pytest.approx(1.0)  # a fresh warm-up over the 50 last steps
+    assert f(135) == pytest.approx(0.5 * (1 + math.cos(math.pi * 15 / 40)))
+    for first, total in ((0, 10), (10, 10)):
+        with pytest.raises(ValueError, match="must end inside the run"):
+            two_phase_factor(2, first, total)

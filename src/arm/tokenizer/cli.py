@@ -96,6 +96,7 @@ def main(args: list[str] | None = None) -> int:
             # module and DataModule are built: report it as one line. Errors during training keep their traceback.
             try:
                 super().instantiate_classes()
+                self.model.check_step_budget(self.trainer.max_steps)
             except (FileNotFoundError, ValueError) as err:
                 raise BadSetting(str(err)) from err
 
