@@ -8,7 +8,7 @@ after warm-up.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import torch
@@ -29,7 +29,7 @@ def warmup_cosine_factor(warmup_steps: int, total_steps: int | None):
     return factor
 
 
-def two_phase_factor(warmup_steps: int, first_steps: int, total_steps: int):
+def two_phase_factor(warmup_steps: int, first_steps: int, total_steps: int) -> Callable[[int], float]:
     """``warmup_cosine_factor`` over steps [0, first_steps), then again, from a fresh warm-up, over [first_steps,
     total_steps): the first phase is scheduled exactly as a run of ``first_steps`` alone would be, and a second
     phase that trains only some of the parameters (a decoder alone on frozen codes) gets its own warm-up and
@@ -48,7 +48,7 @@ def adamw_warmup_cosine(
     betas: tuple[float, float],
     warmup_steps: int,
     total_steps: int | None,
-    factor=None,
+    factor: Callable[[int], float] | None = None,
 ) -> dict[str, Any]:
     """``configure_optimizers``'s return value: decay on tensors with >= 2 dims (not norms, biases, scalars).
 

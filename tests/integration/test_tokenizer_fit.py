@@ -210,6 +210,34 @@ def test_pix_repeats_draws_several_noises_per_image_in_training_only(parts):
         TokenizerModule(str(parts / "teacher"), lm_dir=None, w_cap=0.0, pix_repeats=0)
 
 
+def test_decoder_phase_computes_the_pixel_loss_alone_without_gradients_into_the_codes(parts, monkeypatch):
+    """The decoder phase's loss is L_pix on the batch repeated ``pix_repeats`` times with z_q as ``quantize`` gives
+    it (same noise draws); the caption LM and the text tower are not run, and no gradient reaches the projection."""
+    import arm.ar.model as ar_model
+    from arm.tokenizer.module import TokenizerModule
+
+    module = TokenizerModule(str(parts / "teacher"), lm_dir=str(parts / "lm"), levels=[4, 4, 3], pix_repeats=2,
+                             cond_drop_prob=0.5, decoder_steps=3)
+    monkeypatch.setattr(ar_model, "prefix_caption_loss", lambda *a: pytest.fail("the caption LM ran"))
+    monkeypatch.setattr(module.teacher, "embed_texts", lambda *a: pytest.fail("the text tower ran"))
+    images = torch.rand(3, 3, 64, 64)
+    module.train()
+    seed = int(torch.randint(0, 2**31, ()))
+    torch.manual_seed(seed)
+    got = module.decoder_phase_losses(images)
+    with torch.no_grad():
+        z_q, _ = module.model.quantize(module.teacher.patch_features(images), images)
+    torch.manual_seed(seed)
+    expected = module.model.decoder.loss(images.repeat(2, 1, 1, 1), z_q.repeat(2, 1, 1), 0.5)
+    assert set(got) == {"pix"}
+    torch.testing.assert_close(got["pix"].detach(), expected.detach())
+    got["pix"].backward()
+    assert all(p.grad is None for p in module.model.projection.parameters())
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in module.model.decoder.parameters())
+    with pytest.raises(ValueError, match="decoder_steps must be >= 0"):
+        TokenizerModule(str(parts / "teacher"), lm_dir=None, w_cap=0.0, decoder_steps=-1)
+
+
 def test_compile_blocks_matches_eager_and_leaves_sampling_and_exports_alone(parts):
     """``compile_blocks``: the projection's and the pixel decoder's blocks run compiled in training, with the same
     losses and gradients as eager; the decoder samples with its eager blocks; the state dict is unchanged; and the

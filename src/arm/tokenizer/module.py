@@ -297,9 +297,8 @@ class TokenizerModule(L.LightningModule):
 
     def in_decoder_phase(self) -> bool:
         """True during the last ``decoder_steps`` steps of the run (the pixel decoder alone on frozen codes)."""
-        total = trainer_total_steps(self)
-        return bool(self.hparams.decoder_steps) and total is not None and \
-            self.global_step >= total - self.hparams.decoder_steps
+        total, steps = trainer_total_steps(self), self.hparams.decoder_steps
+        return bool(steps) and total is not None and self.global_step >= total - steps
 
     def decoder_phase_losses(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
         """L_pix alone on z_q computed without gradients: the codes stay as the joint phase left them."""
