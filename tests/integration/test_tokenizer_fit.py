@@ -382,8 +382,8 @@ def test_decoder_steps_train_the_pixel_decoder_alone_at_the_end(parts, tmp_path,
                 "--trainer.callbacks.save_top_k=-1", "--trainer.callbacks.every_n_train_steps=2",
                 "--trainer.callbacks.dirpath", str(out / "ckpt"), "--model.export", "false"]
         assert main(_fit_args(parts, out, "--trainer.max_steps", "4", *ckpt, *extra)) == 0
-        return {step: torch.load(next((out / "ckpt").glob(f"*step={step}.ckpt")), map_location="cpu",
-                                 weights_only=True)["state_dict"] for step in (2, 4)}
+        files = {step: next((out / "ckpt").glob(f"*step={step}.ckpt")) for step in (2, 4)}
+        return {step: torch.load(f, map_location="cpu", weights_only=True)["state_dict"] for step, f in files.items()}
 
     def moved(states: dict) -> set[str]:
         return {k for k, v in states[2].items() if not torch.equal(v, states[4][k])}

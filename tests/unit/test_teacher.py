@@ -480,11 +480,10 @@ def test_bucketed_text_embeddings_under_bf16_autocast(tmp_path):
     texts = [caption(scene_for(0, "train", i), rng) for i in range(9)]
     torch.manual_seed(int(torch.randint(0, 10_000, ())))
     module = TeacherModule(tok, cfg, attribute_weight=1.0)
-    sample = texts  # 9 captions of different lengths in buckets of 4
-    with torch.no_grad():
-        plain = module.model.text_embedding(*module._encode(sample))
+    with torch.no_grad():  # 9 captions of different lengths in buckets of 4
+        plain = module.model.text_embedding(*module._encode(texts))
         with torch.autocast("cpu", dtype=torch.bfloat16):
-            mixed = module._embed_texts_bucketed(sample, bucket=4)
+            mixed = module._embed_texts_bucketed(texts, bucket=4)
     assert mixed.dtype == torch.float32
     torch.testing.assert_close(mixed, plain, atol=0.03, rtol=0.0)  # bf16 keeps ~3 significant digits
     metas = [{"key": f"k{i}", "scene": scene_for(0, "train", i).to_json(), "caption": texts[i]} for i in range(4)]

@@ -264,12 +264,16 @@ class TokenizerModule(L.LightningModule):
             ids, mask = ids[:, 1:], mask[:, 1:]  # the z_q prefix takes the place of the leading [eos]
             out["cap"] = prefix_caption_loss(self.lm, self.model.cap_adapter(z_sem[:keep]), ids, mask)
         if hp.w_pix > 0:
-            k = hp.pix_repeats if self.training else 1
-            # repeat (not expand): each copy gets its own noise, time and condition dropout; z_q's gradient sums
-            # over the copies, and the mean over the k-times batch keeps the loss's scale.
-            pix_images, pix_cond = (images.repeat(k, 1, 1, 1), z_q.repeat(k, 1, 1)) if k > 1 else (images, z_q)
-            out["pix"] = self.model.decoder.loss(pix_images, pix_cond, hp.cond_drop_prob)
+            out["pix"] = self._pix_loss(images, z_q)
         return out, z_q, indices
+
+    def _pix_loss(self, images: torch.Tensor, z_q: torch.Tensor) -> torch.Tensor:
+        """L_pix with ``pix_repeats`` (noise, time) draws per image in training, one in validation."""
+        k = self.hparams.pix_repeats if self.training else 1
+        # repeat (not expand): each copy gets its own noise, time and condition dropout; z_q's gradient sums over
+        # the copies, and the mean over the k-times batch keeps the loss's scale.
+        pix_images, pix_cond = (images.repeat(k, 1, 1, 1), z_q.repeat(k, 1, 1)) if k > 1 else (images, z_q)
+        return self.model.decoder.loss(pix_images, pix_cond, self.hparams.cond_drop_prob)
 
     def _sig_loss(self, image: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
         """L_sig of pooled image embeddings (B, E) against their captions' (B, E), plus, in training, the queued
@@ -304,9 +308,7 @@ class TokenizerModule(L.LightningModule):
         """L_pix alone on z_q computed without gradients: the codes stay as the joint phase left them."""
         with torch.no_grad():
             z_q, _ = self.model.quantize(self.teacher.patch_features(images), images)
-        k = self.hparams.pix_repeats
-        return {"pix": self.model.decoder.loss(images.repeat(k, 1, 1, 1), z_q.repeat(k, 1, 1),
-                                               self.hparams.cond_drop_prob)}
+        return {"pix": self._pix_loss(images, z_q)}
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
         images, captions = self._images_and_captions(batch)
