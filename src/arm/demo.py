@@ -60,7 +60,7 @@ class Profile:
 
 PROFILES = {
     "shapeworld": Profile({"num_train": 20000, "num_val": 1000, "num_test": 1000, "resolution": 64}, "shapeworld",
-                          {"tokenizer": 650, "ar": 1200, "rl": 40}),
+                          {"tokenizer": 650, "ar": 2400, "rl": 40}),
     # The whole pipeline in about a minute, for the test suite: tiny world, every stage's tiny YAML.
     "tiny": Profile({"num_train": 64, "num_val": 32, "num_test": 32, "resolution": 64, "shard_size": 32,
                      "workers": 1}, "tiny", {"tokenizer": 4, "ar": 4, "rl": 2}, eval_n=1, eval_limit=4),
