@@ -23,7 +23,7 @@ def _examples(builder, generator: torch.Generator) -> list:
     return [builder.t2i("a photo of a red square", codes()),
             builder.understanding(codes(), "what colour is the square?", "red"),
             builder.caption(codes(), "a red square"),
-            builder.edit(codes(), "make it blue", codes()),
+            builder.edit(codes(), "make the square blue", codes()),
             builder.edit(codes(), "make it blue", codes(), drop_image=True)]
 
 
@@ -76,11 +76,14 @@ def test_module_adds_the_weighted_condition_mean_and_nothing_else(tiny_world):
     for key in ("text", "image", "contrast"):
         assert torch.allclose(means[key], plain_means[key])
     assert "condition" not in plain_means
-    assert nll["condition"].numel() == 3 * 64  # the t2i row's negative (square -> triangle) adds none
+    # two negatives (square -> triangle in the t2i prompt and in the edit's instruction): the edit's copy holds its
+    # 64 source codes, which stay out of the condition loss as the negatives stay out of the next-token loss
+    assert means["contrast_pairs"].item() == 2.0
+    assert nll["condition"].numel() == 3 * 64 and bool((nll["condition_rows"] < len(batch["task"])).all())
     assert torch.allclose(means["condition"], nll["condition"].mean())
     assert torch.allclose(loss, plain_loss + 0.3 * means["condition"])
-    loss.backward()  # the condition term reaches the image head
-    assert module.model.image_head.weight.grad is not None
+    grad = torch.autograd.grad(means["condition"], module.model.image_head.weight)[0]
+    assert grad.abs().sum() > 0  # the condition term trains the image head
 
 
 def test_token_nll_without_condition_codes_still_returns_an_empty_group():
