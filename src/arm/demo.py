@@ -60,7 +60,8 @@ class Profile:
 
 PROFILES = {
     # AR: 2,000 of the YAML's 4,800 batch-16 steps, about the time of the 1,200 batch-32 steps it ran before (a step
-    # of 16 costs 0.12 s against 0.195 s for 32, back to back; experiments/LOG.md, nineteenth session).
+    # of 16 costs 0.12 s against 0.195 s for 32, back to back; experiments/LOG.md, nineteenth session); 277 s in a
+    # full demo on a fresh clone (twentieth session).
     "shapeworld": Profile({"num_train": 20000, "num_val": 1000, "num_test": 1000, "resolution": 64}, "shapeworld",
                           {"tokenizer": 650, "ar": 2000, "rl": 40}),
     # The whole pipeline in about a minute, for the test suite: tiny world, every stage's tiny YAML.

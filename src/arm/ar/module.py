@@ -341,14 +341,14 @@ class ARModule(L.LightningModule):
             negatives, pairs = swapped_negatives(ids, mask, batch["task"], self._swaps, rows, generator)
         B, K = ids.shape[0], negatives.shape[0]
         conditioned = hp.condition_image_weight > 0
+        kinds = ("text", "image", "condition") if conditioned else ("text", "image")
         nll = token_nll(self.model, torch.cat([ids, negatives]) if K else ids,
                         torch.cat([mask, mask[pairs.to(mask.device)]]) if K else mask, conditioned)
         if K:  # the negatives' rows take part in L_contrast only
             logp = row_logprob(nll, B + K)
-            for kind in ("text", "image", "condition")[: 3 if conditioned else 2]:
+            for kind in kinds:
                 keep = nll[f"{kind}_rows"] < B
                 nll[kind], nll[f"{kind}_rows"] = nll[kind][keep], nll[f"{kind}_rows"][keep]
-        kinds = ("text", "image", "condition") if conditioned else ("text", "image")
         means = {k: nll[k].sum() / max(1, nll[k].numel()) for k in kinds}
         loss = hp.text_loss_weight * means["text"] + hp.image_loss_weight * means["image"]
         if conditioned:
