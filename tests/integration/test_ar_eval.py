@@ -164,6 +164,32 @@ def test_formats_settings_and_errors(export, bench, tmp_path):
         load_for_eval(str(export), guidance=2.0)
 
 
+def test_export_records_its_edit_layout(export, tmp_path):
+    """The export's config.json names the edit layout its model was trained on and every loader's builder uses it;
+    an export that records none (written before the option) is source first."""
+    import json
+
+    from arm.io import CONFIG_FILE
+
+    bundle = load_ar_bundle(str(export), image_tokenizer=False)
+    codes = [i % bundle.model.config.num_image_codes for i in range(64)]
+    for layout in ("instruction_first", "source_first"):
+        save_ar(bundle.model.state_dict(), bundle.model.config, (8, 8), str(tmp_path / layout),
+                str(export / "tokenizer.json"), None, edit_layout=layout)
+        loaded = load_ar_bundle(str(tmp_path / layout), image_tokenizer=False).builder
+        assert loaded.edit_layout == layout
+        prompt = loaded.edit_prompt(codes, "make it blue")
+        source_at = prompt.index(loaded.layout.image_ids(codes)[0])
+        instruction = loaded.tokenizer.encode("make it blue")
+        text_at = next(i for i in range(len(prompt)) if prompt[i: i + len(instruction)] == instruction)
+        assert (text_at < source_at) == (layout == "instruction_first")
+    config = tmp_path / "instruction_first" / CONFIG_FILE
+    meta = json.loads(config.read_text())
+    del meta["edit_layout"]
+    config.write_text(json.dumps(meta))
+    assert load_ar_bundle(str(config.parent), image_tokenizer=False).builder.edit_layout == "source_first"
+
+
 def test_edit_temperature_is_the_edits_own(export, tmp_path, monkeypatch):
     """Edits sample at ``edit_temperature`` and text-to-image at ``temperature``; an export that stores no
     ``edit_temperature`` (written before it existed) edits at its ``temperature``, as it did."""

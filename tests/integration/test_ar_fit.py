@@ -128,6 +128,7 @@ def test_fit_logs_resumes_and_exports(tiny_world, parts, tmp_path):
     export = out / "ar"
     meta = json.loads((export / "config.json").read_text())
     assert meta["special_tokens"] == list(SPECIAL_TOKENS) and meta["grid"] == [8, 8]
+    assert meta["edit_layout"] == cli.datamodule.edit_layout == cli.model.hparams.edit_layout
     assert meta["tokenizer_export"] == str((parts / "tokenizer").resolve())
     assert (export / "tokenizer.json").read_bytes() == (tiny_world / "tokenizer.json").read_bytes()
     loaded = load_ar_bundle(str(export))
@@ -140,10 +141,52 @@ def test_fit_logs_resumes_and_exports(tiny_world, parts, tmp_path):
     assert loaded.image_tokenizer is not None and loaded.builder.grid == (8, 8)
 
 
+def test_encode_anchor_edits_copies_source_codes_on_unchanged_patches(tiny_world, parts, tmp_path):
+    """`arm tokenizer encode --anchor-edits`: an edit's target code is the source's where the patch's pixels are
+    equal in both images, and the plain encode's target code elsewhere."""
+    import webdataset as wds
+
+    from arm.data.codes import decode_code_sample
+    from arm.data.samples import decode_image, expand_shards
+    from arm.tokenizer.cli import _utility_parser
+    from arm.tokenizer.tools import run_encode
+
+    run_encode(_utility_parser().parse_args(["encode", "--ckpt", str(parts / "tokenizer"), "--shards",
+                                             str(tiny_world / "world" / "val"), "--out", str(tmp_path / "val"),
+                                             "--anchor-edits"]))
+
+    def read(spec):
+        return {raw["__key__"]: raw for raw in wds.tarfile_samples([{"url": s} for s in expand_shards(spec)])}
+
+    plain, anchored, world = (read(str(parts / "codes" / "val")), read(str(tmp_path / "val")),
+                              read(str(tiny_world / "world" / "val")))
+    assert plain.keys() == anchored.keys() and plain
+    copied = kept = 0
+    for key, raw in anchored.items():
+        got, ref = decode_code_sample(raw), decode_code_sample(plain[key])
+        assert (got["codes"] == ref["codes"]).all()
+        if ref.get("edit_codes") is None:
+            continue
+        source, target = decode_image(world[key]["png"]), decode_image(world[key]["edit.png"])
+        side = int(len(got["codes"]) ** 0.5)
+        patch = source.shape[-1] // side
+        for i in range(side * side):
+            r, c = divmod(i, side)
+            window = (slice(None), slice(r * patch, (r + 1) * patch), slice(c * patch, (c + 1) * patch))
+            same = bool((source[window] == target[window]).all())
+            assert got["edit_codes"][i] == (ref["codes"][i] if same else ref["edit_codes"][i])
+            copied, kept = copied + same, kept + (not same)
+    assert copied and kept  # both branches were exercised
+
+
 def test_bf16_mixed_fast_dev_run(tiny_world, parts, tmp_path):
     cli = _fit(_args(tiny_world, parts, tmp_path / "bf16", "--trainer.precision", "bf16-mixed",
-                     "--trainer.fast_dev_run", "1", "--model.export", "false"))
+                     "--trainer.fast_dev_run", "1", "--model.export", "false",
+                     "--model.edit_layout", "instruction_first"))
     assert torch.isfinite(cli.trainer.callback_metrics["train/loss"])
+    # arm ar links the model's edit layout to the DataModule: training sequences and the sampler agree
+    assert cli.datamodule.edit_layout == cli.model.builder.edit_layout == "instruction_first"
+    assert cli.datamodule.stream("train").builder.edit_layout == "instruction_first"
 
 
 def test_vocabulary_mismatch_is_a_one_line_error(tiny_world, parts, tmp_path):

@@ -43,7 +43,7 @@ def sft_export(tiny_world, tmp_path_factory):
                          max_seq_len=256)
     sampling = {**validation_sampling(), "cfg": 4.5, "text_cfg": 2.5}  # as an SFT export stores its validation's
     save_ar(ARDecoder(ar).state_dict(), ar, (8, 8), str(root / "sft" / "ar"), str(text_tok), str(root / "tokenizer"),
-            sampling)
+            sampling, edit_layout="instruction_first")  # not the default, so the RL export must carry it over
     return root / "sft" / "ar"
 
 
@@ -89,6 +89,7 @@ def test_grpo_fit_logs_resumes_and_exports(tiny_world, sft_export, tmp_path):
     assert meta["grid"] == [8, 8] and meta["tokenizer_export"] == sft_meta["tokenizer_export"]
     # ... sampled as its initialisation is (arm eval's defaults), so a recipe and SFT are compared like with like.
     assert meta["sampling"] == sft_meta["sampling"] and meta["sampling"]["cfg"] == 4.5
+    assert meta["edit_layout"] == sft_meta["edit_layout"] == "instruction_first"
 
 
 def test_missing_policy_export_is_a_one_line_error(tiny_world, tmp_path):

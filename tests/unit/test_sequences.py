@@ -97,11 +97,14 @@ def test_dialogue_scores_every_answer_and_starts_as_one_question(builder):
         builder.dialogue(CODES, [])
 
 
-def test_edit_and_each_dropout(builder):
+@pytest.mark.parametrize("edit_layout", ["source_first", "instruction_first"])
+def test_edit_and_each_dropout(edit_layout):
+    builder = SequenceBuilder(WordTokenizer(), VocabLayout(10, 16), grid=(2, 2), edit_layout=edit_layout)
     src = [BOI, H2, W2, *CODE_IDS, EOI]
     head, tail = [BOI, H2, W2], [*TARGET_IDS, EOI]
+    both = [*src, 7, 8, 9] if edit_layout == "source_first" else [7, 8, 9, *src]
     cases = {
-        (False, False): [1, *src, 7, 8, 9, *head],
+        (False, False): [1, *both, *head],
         (True, False): [1, *src, *head],
         (False, True): [1, 7, 8, 9, *head],
         (True, True): [1, *head],
@@ -113,6 +116,34 @@ def test_edit_and_each_dropout(builder):
     assert (cond, image_only, uncond) == (cases[False, False], cases[True, False], cases[True, True])
     # Both conditions dropped = the empty t2i prompt: one unconditional branch for both tasks.
     assert uncond == builder.t2i_prompt("anything", drop_text=True)
+    # Understanding, captions and text-to-image do not depend on the edit layout.
+    plain = SequenceBuilder(WordTokenizer(), VocabLayout(10, 16), grid=(2, 2))
+    assert builder.understanding(CODES, "what colour", "red").ids == plain.understanding(CODES, "what colour", "red").ids
+    assert builder.caption(CODES, "a red circle").ids == plain.caption(CODES, "a red circle").ids
+    assert builder.t2i("a red circle", CODES).ids == plain.t2i("a red circle", CODES).ids
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_instruction_first_puts_each_target_code_a_fixed_distance_after_its_source_code(seed):
+    rng = random.Random(seed)
+    distances = set()
+    for layout in ("source_first", "instruction_first"):
+        builder = SequenceBuilder(WordTokenizer(), VocabLayout(10, 16), grid=(2, 2), edit_layout=layout)
+        seen = set()
+        for _ in range(6):
+            words = " ".join(rng.choice(["make", "it", "blue", "red", "a"]) for _ in range(rng.randint(1, 9)))
+            ids = builder.edit(CODES, words, TARGET).ids
+            first_source, first_target = ids.index(CODE_IDS[0]), ids.index(TARGET_IDS[0])
+            seen.add(first_target - first_source)
+        distances.add((layout, len(seen)))
+        if layout == "instruction_first":
+            assert seen == {len(CODES) + 4}  # the rest of the source block, <eoi> and the target's header
+    assert ("source_first", 1) not in distances  # with ARM's layout the distance follows the instruction
+
+
+def test_unknown_edit_layout_is_a_one_line_error():
+    with pytest.raises(ValueError, match="unknown edit_layout 'target_first'.*instruction_first"):
+        SequenceBuilder(WordTokenizer(), VocabLayout(10, 16), edit_layout="target_first")
 
 
 def test_collate_scores_only_the_completion(builder):

@@ -2,7 +2,7 @@
 
 Trains ``arm.ar.module.ARModule`` on ``arm.data.codes.CodeDataModule`` (the image tokenizer's code shards) and
 exports ``<default_root_dir>/ar/``, which ``arm generate|edit|ask --ckpt`` read. The text tokenizer is named once,
-as ``model.tokenizer_path``; the DataModule gets the same file.
+as ``model.tokenizer_path``; the DataModule gets the same file, and the edit layout of ``model.edit_layout``.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from arm.data.codes import CodeDataModule
 class ARCLI(LightningCLI):
     def add_arguments_to_parser(self, parser) -> None:
         parser.link_arguments("model.tokenizer_path", "data.tokenizer_path")
+        parser.link_arguments("model.edit_layout", "data.edit_layout")
 
 
 def main(args: list[str] | None = None) -> int:

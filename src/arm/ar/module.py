@@ -56,7 +56,7 @@ from lightning.pytorch.utilities import rank_zero_info
 
 from arm.ar.contrast import contrast_loss, row_logprob, swap_table, swapped_negatives
 from arm.ar.model import ARConfig, ARDecoder, fold_code_factors
-from arm.ar.sequences import SPECIAL_TOKENS, TASKS, SequenceBuilder, VocabLayout
+from arm.ar.sequences import SPECIAL_TOKENS, TASKS, SequenceBuilder, VocabLayout, check_edit_layout
 from arm.data.text_tokenizer import TextTokenizer
 from arm.io import CONFIG_FILE, read_export, save_export
 from arm.optim import adamw_warmup_cosine, trainer_total_steps
@@ -127,6 +127,7 @@ class ARModule(L.LightningModule):
         text_loss_weight: float = 1.0,
         image_loss_weight: float = 1.0,
         condition_image_weight: float = 0.0,
+        edit_layout: str = "source_first",
         lr: float = 1e-3,
         weight_decay: float = 0.0,
         betas: tuple[float, float] = (0.9, 0.95),
@@ -175,6 +176,14 @@ class ARModule(L.LightningModule):
                 twentieth session; the shipped YAML at 0.5, training seeds 0 / 1): val image perplexity 8.90 -> 7.93
                 / 8.92 -> 8.09, but GenEval -0.003 / +0.023, VQA +0.017 / -0.010, WISE +0.010 / +0.027 and GEdit's
                 instruction score SC -0.025 / -0.020 (-0.104 at 1.0): off in every YAML.
+            edit_layout: where an edit sequence's instruction goes: ``source_first`` (ARM's: source image,
+                instruction, target) or ``instruction_first`` (ours: instruction, source, target, so each target
+                code sits a fixed distance after its cell's source code; ``arm.ar.sequences``). ``arm ar`` passes
+                it to the DataModule, and the export records it, so every sampler of the export builds the same
+                prompts. Measured (experiments/LOG.md, twenty-first session; with ``arm tokenizer encode
+                --anchor-edits`` codes, training seeds 0 / 1): the model copies unchanged cells, GEdit SC 0.455 /
+                0.674 against 0.490 / 0.417, edit success 0.014 / 0.034 against 0.006 / 0.003, but val t2i loss
+                +0.08 nats a code at both seeds and GenEval -0.058 / -0.002: the YAMLs keep ``source_first``.
             lr: peak learning rate.
             weight_decay: AdamW decoupled weight decay on matrices (ARM §2 uses none).
             betas: AdamW betas (ARM: 0.9, 0.95).
@@ -263,7 +272,7 @@ class ARModule(L.LightningModule):
         self.data_layout.check_model(self.config.text_vocab_size, self.config.num_special_tokens,
                                      self.config.num_image_codes, "the model")
         self.grid = grid
-        self.builder = SequenceBuilder(self.tokenizer, self.layout, grid)
+        self.builder = SequenceBuilder(self.tokenizer, self.layout, grid, edit_layout=edit_layout)
         self.model: ARDecoder | None = None
         self._bundle = None
         self._eval_samples: list[dict] | None = None
@@ -495,7 +504,7 @@ class ARModule(L.LightningModule):
         if self.trainer.is_global_zero:
             state = fold_code_factors(state, self.config.image_token_offset)  # exports are plain decoders
             save_ar(state, self.config, self.grid, self.export_dir(), self.hparams.tokenizer_path,
-                    self.hparams.tokenizer_export, validation_sampling(self.hparams))
+                    self.hparams.tokenizer_export, validation_sampling(self.hparams), self.hparams.edit_layout)
 
 
 # ------------------------------------------------------------------------------------------------ export
@@ -523,10 +532,12 @@ def edit_text_scale(hparams: Any) -> float:
 
 
 def save_ar(state: dict[str, torch.Tensor], config: ARConfig, grid: tuple[int, int], directory: str,
-            tokenizer_path: str, tokenizer_export: str | None, sampling: dict[str, Any] | None = None) -> str:
-    """Write the AR export: weights, config.json (config, specials, grid, tokenizer export path, the sampling
-    settings of ``validation_sampling`` when given), tokenizer copy."""
+            tokenizer_path: str, tokenizer_export: str | None, sampling: dict[str, Any] | None = None,
+            edit_layout: str = "source_first") -> str:
+    """Write the AR export: weights, config.json (config, specials, grid, edit layout, tokenizer export path, the
+    sampling settings of ``validation_sampling`` when given), tokenizer copy."""
     meta = {"ar_config": dataclasses.asdict(config), "special_tokens": list(SPECIAL_TOKENS), "grid": list(grid),
+            "edit_layout": check_edit_layout(edit_layout),
             "tokenizer_export": os.path.abspath(tokenizer_export) if tokenizer_export else None,
             "text_tokenizer": TOKENIZER_FILE, "text_tokenizer_source": os.path.abspath(tokenizer_path),
             "sampling": sampling}
@@ -562,7 +573,8 @@ def load_ar_bundle(directory: str, device: torch.device | str = "cpu", image_tok
     model = ARDecoder(config)
     model.load_state_dict(state)
     # No max_len: inference checks prompt + new tokens against the context (sequences.check_fits) instead.
+    # Exports written before the layout was recorded are source first, the only layout then.
     builder = SequenceBuilder(tokenizer, VocabLayout(config.text_vocab_size, config.num_image_codes),
-                              tuple(meta["grid"]))
+                              tuple(meta["grid"]), edit_layout=meta.get("edit_layout", "source_first"))
     return ARBundle(model.to(device).eval(), builder, bundle, meta)
 

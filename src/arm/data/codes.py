@@ -43,6 +43,7 @@ from arm.ar.sequences import (
     SequenceBuilder,
     VocabLayout,
     bucket_batches,
+    check_edit_layout,
     example_tensors,
 )
 from arm.data.datamodule import ShapeWorldDataModule, ShapeWorldStream, SkipCounter
@@ -127,13 +128,15 @@ class CodeStream(ShapeWorldStream):
         max_len: longest sequence; longer ones are skipped and counted.
         t2i_caption_prob: train t2i sequences use the caption instead of the GenEval-style prompt this often.
         understanding_turns: train vqa / mme sequences ask up to this many questions each (1 = one question).
+        edit_layout: where an edit sequence's instruction goes (``arm.ar.sequences.EDIT_LAYOUTS``).
     """
 
     def __init__(self, shards: list[str], tokenizer_path: str, mixture: dict[str, float] | None = None,
                  dropout: ConditionDropout | None = None, batch_size: int = 32, train: bool = False,
                  shuffle_buffer: int = 1000, seed: int = 0, max_samples: int | None = None, rank: int | None = None,
                  world_size: int | None = None, bucket_pool: int = 16, max_len: int = 256,
-                 t2i_caption_prob: float = 0.3, understanding_turns: int = 1) -> None:
+                 t2i_caption_prob: float = 0.3, understanding_turns: int = 1,
+                 edit_layout: str = "source_first") -> None:
         # The parent's per-task image builders are not used: ``_built`` below replaces them.
         super().__init__(shards, "scene", batch_size, train, shuffle_buffer, seed, max_samples, rank, world_size)
         if bucket_pool < 1:
@@ -145,6 +148,7 @@ class CodeStream(ShapeWorldStream):
         self.max_len = max_len
         self.t2i_caption_prob = t2i_caption_prob
         self.understanding_turns = check_turns(understanding_turns)
+        self.edit_layout = check_edit_layout(edit_layout)
         self._builder: SequenceBuilder | None = None
 
     @property
@@ -153,7 +157,8 @@ class CodeStream(ShapeWorldStream):
             from arm.data.text_tokenizer import TextTokenizer
 
             tokenizer = TextTokenizer.from_file(self.tokenizer_path)
-            self._builder = SequenceBuilder(tokenizer, VocabLayout(tokenizer.vocab_size), max_len=self.max_len)
+            self._builder = SequenceBuilder(tokenizer, VocabLayout(tokenizer.vocab_size), max_len=self.max_len,
+                                            edit_layout=self.edit_layout)
         return self._builder
 
     def __getstate__(self) -> dict:
@@ -215,6 +220,7 @@ class CodeDataModule(ShapeWorldDataModule):
         dropout: ConditionDropout | None = None,
         t2i_caption_prob: float = 0.3,
         understanding_turns: int = 1,
+        edit_layout: str = "source_first",
         batch_size: int = 32,
         num_workers: int = 0,
         shuffle_buffer: int = 1000,
@@ -239,6 +245,9 @@ class CodeDataModule(ShapeWorldDataModule):
             understanding_turns: a train vqa / mme sequence asks up to this many of its image's questions (of
                 that task) as one multi-turn dialogue, scoring every answer (1 = one question per sequence).
                 Val / test sequences always ask one, so their metrics do not depend on it.
+            edit_layout: where an edit sequence's instruction goes, ``source_first`` (ARM's) or
+                ``instruction_first`` (``arm.ar.sequences``); linked from ``model.edit_layout`` by ``arm ar``, so
+                training and the export's sampler agree.
             batch_size: sequences per batch and process.
             num_workers: DataLoader workers per process.
             shuffle_buffer: train sample shuffle buffer.
@@ -254,6 +263,7 @@ class CodeDataModule(ShapeWorldDataModule):
         self.dropout = dropout or ConditionDropout()
         self.t2i_caption_prob = t2i_caption_prob
         self.understanding_turns = check_turns(understanding_turns)
+        self.edit_layout = check_edit_layout(edit_layout)
         self.bucket_pool = bucket_pool
         self.max_len = max_len
 
@@ -269,7 +279,7 @@ class CodeDataModule(ShapeWorldDataModule):
         return CodeStream(self.shards(split), self.tokenizer_path, self.mixture, self.dropout, self.batch_size,
                           train, self.shuffle_buffer, self.seed, None if train else self.val_samples, rank,
                           world_size, self.bucket_pool, self.max_len, self.t2i_caption_prob,
-                          self.understanding_turns)
+                          self.understanding_turns, self.edit_layout)
 
     def eval_samples(self, split: str = "val", num: int = 64) -> list[dict]:
         """The first ``num`` code samples of a split, decoded (``decode_code_sample``), for generation metrics."""

@@ -365,4 +365,5 @@ class GRPOModule(L.LightningModule):
             source = self.hparams.init_from
             save_ar(state, self.policy.config, tuple(self.meta["grid"]), self.export_dir(),
                     os.path.join(source, self.meta["text_tokenizer"]), self.meta.get("tokenizer_export"),
-                    self.meta.get("sampling"))  # evaluated as its initialisation is, so Table 8 compares like with like
+                    # sampled and evaluated as its initialisation is, so Table 8 compares like with like
+                    self.meta.get("sampling"), self.meta.get("edit_layout", "source_first"))

@@ -52,6 +52,11 @@ def _utility_parser() -> argparse.ArgumentParser:
                           "trained under bf16-mixed saw such codes")
     enc.add_argument("--out", required=True, help="output directory for code shards")
     enc.add_argument("--batch-size", type=int, default=128)
+    enc.add_argument("--anchor-edits", action=argparse.BooleanOptionalAction, default=False,
+                     help="an edit target's patches whose pixels equal the source's take the source's codes, so the "
+                          "AR model can copy them (the teacher's contextual features move them otherwise; "
+                          "arm.tokenizer.tools); an AR model learns the copy with model.edit_layout "
+                          "instruction_first")
     enc.add_argument("--palette", default="shapeworld",
                      help="colours of OUT/code_colours.safetensors (each code's patch colours, which "
                           "ARModule(code_colours=...) reads): 'shapeworld' (the embedded world's 13) or 'grid:L' "

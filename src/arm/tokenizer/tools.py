@@ -8,6 +8,17 @@ image), ``KEY.edit_codes.npy`` (of the edited image, when the sample has one) an
 the AR stage trains on understanding, generation and editing sequences without touching pixels. Beside them,
 ``code_colours.safetensors``: each code's palette histogram over the images encoded (``arm.tokenizer.code_colours``),
 which ``ARModule(code_colours=...)`` reads from the train split's folder.
+
+Anchored edit targets (``--anchor-edits``, our addition, not ARM's): the teacher's patch features are contextual
+(a ViT), so an edit that changes one object moves the codes of patches it leaves pixel for pixel unchanged. On
+the demo world's val edits those patches (70% of an image) keep their source code only 30% of the time (teacher
+features there move by 20% of their norm), and an editing sequence's target shares 29% of its codes with its
+source. With the flag, a target patch whose pixels equal the source's takes the source's code
+(``anchor_edit_codes``), so 79% of the target's codes are copies the AR model can learn to copy; the edited
+region keeps the target image's own codes. Such a mixed grid decodes to the target scene a little less often than
+the target's own encoding (0.47 vs 0.54 of 256 val edits). An AR model learns to copy those codes only with the
+instruction before the source image (``ARModule(edit_layout="instruction_first")``, ``arm.ar.sequences``);
+measured in experiments/LOG.md, twenty-first session; off by default.
 """
 
 from __future__ import annotations
@@ -143,11 +154,11 @@ def run_encode(ns: argparse.Namespace) -> int:
                 pending.append(sample)
                 if len(pending) == ns.batch_size:
                     with autocast:
-                        _write_codes(bundle, pending, writer, dtype, colours)
+                        _write_codes(bundle, pending, writer, dtype, colours, ns.anchor_edits)
                     pending = []
             if pending:
                 with autocast:
-                    _write_codes(bundle, pending, writer, dtype, colours)
+                    _write_codes(bundle, pending, writer, dtype, colours, ns.anchor_edits)
             writer.close()
         os.replace(tmp, target)
     colours.save(out / CODE_COLOURS_FILE)
@@ -156,23 +167,46 @@ def run_encode(ns: argparse.Namespace) -> int:
     return 0
 
 
-def _write_codes(bundle, samples: list[dict], writer: wds.TarWriter, dtype, colours: CodeColourStats) -> None:
+def anchor_edit_codes(source_codes: torch.Tensor, target_codes: torch.Tensor, sources: torch.Tensor,
+                      targets: torch.Tensor) -> torch.Tensor:
+    """Edit targets' codes with every patch whose pixels equal the source's given the source's code.
+
+    ``source_codes`` / ``target_codes`` (B, N) row-major codes of a square grid; ``sources`` / ``targets`` (B, C,
+    H, W) the images they encode, whose sides the grid divides. A patch counts as unchanged when every one of its
+    pixels is exactly equal in both images (ShapeWorld renders an edit's untouched pixels bit for bit)."""
+    if source_codes.shape != target_codes.shape or sources.shape != targets.shape:
+        raise ValueError(f"source and target differ in shape: codes {tuple(source_codes.shape)} vs "
+                         f"{tuple(target_codes.shape)}, images {tuple(sources.shape)} vs {tuple(targets.shape)}")
+    batch, num = source_codes.shape
+    side = math.isqrt(num)
+    height, width = sources.shape[-2:]
+    if side * side != num or height % side or width % side:
+        raise ValueError(f"{num} codes per image do not tile {height}x{width} images as a square grid")
+    differs = (sources != targets).any(dim=1)  # (B, H, W)
+    patch_differs = differs.reshape(batch, side, height // side, side, width // side).any(dim=4).any(dim=2)
+    return torch.where(patch_differs.reshape(batch, num).to(target_codes.device), target_codes, source_codes)
+
+
+def _write_codes(bundle, samples: list[dict], writer: wds.TarWriter, dtype, colours: CodeColourStats,
+                 anchor_edits: bool = False) -> None:
     """Encode a batch of raw samples (their scene and, when present, edited image), write code samples and count
-    each code's patch colours."""
+    each code's patch colours; with ``anchor_edits`` an edit's unchanged patches take the source's codes."""
     from arm.data.samples import decode_image
 
     images = torch.stack([decode_image(s["png"]) for s in samples])
     codes = bundle.encode(images)
     side = math.isqrt(codes.shape[1])
     colours.update(codes, images, (side, side))
-    codes = codes.cpu().numpy().astype(dtype)
     edit_rows = [i for i, s in enumerate(samples) if "edit.png" in s]
     edit_codes = {}
     if edit_rows:
         edits = torch.stack([decode_image(samples[i]["edit.png"]) for i in edit_rows])
         edit_indices = bundle.encode(edits)
+        if anchor_edits:
+            edit_indices = anchor_edit_codes(codes[edit_rows], edit_indices, images[edit_rows], edits)
         colours.update(edit_indices, edits, (side, side))
         edit_codes = dict(zip(edit_rows, edit_indices.cpu().numpy().astype(dtype)))
+    codes = codes.cpu().numpy().astype(dtype)
     for i, s in enumerate(samples):
         out = {"__key__": s["__key__"], "json": s["json"], "codes.npy": _npy(codes[i])}
         if i in edit_codes:
