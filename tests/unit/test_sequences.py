@@ -134,6 +134,9 @@ def test_instruction_first_puts_each_target_code_a_fixed_distance_after_its_sour
             words = " ".join(rng.choice(["make", "it", "blue", "red", "a"]) for _ in range(rng.randint(1, 9)))
             ids = builder.edit(CODES, words, TARGET).ids
             first_source, first_target = ids.index(CODE_IDS[0]), ids.index(TARGET_IDS[0])
+            # every cell: its target code the same distance after its source code as the first cell's
+            assert ids[first_source: first_source + len(CODES)] == CODE_IDS
+            assert ids[first_target: first_target + len(TARGET)] == TARGET_IDS
             seen.add(first_target - first_source)
         distances.add((layout, len(seen)))
         if layout == "instruction_first":
