@@ -47,9 +47,11 @@ def test_tiny_demo_runs_every_stage_then_skips_them(tmp_path, capsys):
         [f for f in figures if "cfg_" in f])
     assert json.loads((out / "table8.json").read_text())["rows"].keys() >= {"sft", "t2i"}
     assert PROFILES["tiny"].steps["ar"] == 4
-    # The profile's budgets reach the stages' overrides (the shapeworld profile runs 650 of the tokenizer YAML's 1,100).
-    tok_override = json.loads((out / "tokenizer" / "override.yaml").read_text())["trainer"]
-    assert (tok_override["max_steps"], tok_override["val_check_interval"]) == (PROFILES["tiny"].steps["tokenizer"], 2)
+    # The profile's budgets reach the stages' overrides (the shapeworld profile runs 650 of the tokenizer YAML's 1,350
+    # joint steps, then 600 of its decoder alone): 4 joint + 2 decoder steps here, validated after 3 and 6.
+    tok_override = json.loads((out / "tokenizer" / "override.yaml").read_text())
+    assert (tok_override["trainer"]["max_steps"], tok_override["trainer"]["val_check_interval"]) == (4 + 2, 3)
+    assert tok_override["model"]["decoder_steps"] == PROFILES["tiny"].steps["tokenizer_decoder"] == 2
     capsys.readouterr()
     again = run_demo(str(out), seed=0, profile="tiny")
     printed = capsys.readouterr().out
