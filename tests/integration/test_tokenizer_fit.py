@@ -395,6 +395,44 @@ def test_decoder_steps_train_the_pixel_decoder_alone_at_the_end(parts, tmp_path,
     assert "needs a longer run" in capsys.readouterr().err
 
 
+def test_a_run_resumed_from_a_checkpoint_file_keeps_its_configured_model_options(parts, tmp_path, capsys):
+    """A run of 2 joint steps resumed from its checkpoint file to 4 steps with ``decoder_steps`` 2 trains steps 2-3
+    as the decoder phase, as ``--ckpt_path last`` would (Lightning alone takes the checkpoint's ``decoder_steps``
+    0 for a file, and the projection would move), and names the changed option on stderr."""
+    out = tmp_path / "run"
+    ckpt = ["--trainer.enable_checkpointing", "true", "--trainer.callbacks+=ModelCheckpoint",
+            "--trainer.callbacks.save_top_k=-1", "--trainer.callbacks.every_n_train_steps=2",
+            "--trainer.callbacks.dirpath", str(out / "ckpt"), "--model.export", "false"]
+    assert main(_fit_args(parts, out, "--trainer.max_steps", "2", *ckpt)) == 0
+    first = next((out / "ckpt").glob("*step=2.ckpt"))
+    capsys.readouterr()
+    assert main(_fit_args(parts, out, "--trainer.max_steps", "4", "--model.decoder_steps", "2", *ckpt,
+                          "--ckpt_path", str(first))) == 0
+    assert "model.decoder_steps=2 (checkpoint: 0)" in capsys.readouterr().err
+    states = [torch.load(f, map_location="cpu", weights_only=True)
+              for f in (first, next((out / "ckpt").glob("*step=4.ckpt")))]
+    assert states[1]["hyper_parameters"]["decoder_steps"] == 2
+    moved = {k for k, v in states[0]["state_dict"].items() if not torch.equal(v, states[1]["state_dict"][k])}
+    assert moved and all(k.startswith("model.decoder.") for k in moved)
+
+
+def test_changed_model_options_compares_plain_values():
+    """Namespaces (how jsonargparse holds a dataclass option) compare as dicts, tuples as lists; private keys and
+    options the configuration does not set are left out."""
+    from jsonargparse import Namespace
+
+    from arm.lightning_cli import changed_model_options
+
+    stored = {"lr": 1e-3, "betas": [0.9, 0.95], "projection": {"dim": 128, "num_layers": 2}, "_instantiator": "x",
+              "gone": 1}
+    same = Namespace(lr=1e-3, betas=(0.9, 0.95), projection=Namespace(dim=128, num_layers=2))
+    assert changed_model_options(stored, same) == {}
+    other = Namespace(lr=2e-3, betas=(0.9, 0.99), projection=Namespace(dim=64, num_layers=2))
+    assert changed_model_options(stored, other) == {
+        "lr": (1e-3, 2e-3), "betas": ([0.9, 0.95], [0.9, 0.99]),
+        "projection": ({"dim": 128, "num_layers": 2}, {"dim": 64, "num_layers": 2})}
+
+
 def _small_clip_file(path: Path) -> Path:
     """A randomly initialised OpenAI CLIP ViT (32 px input, 16 px patches: 4 patch features of width 64; text width
     64, so the default 64-wide heads fit), saved as a plain state dict."""

@@ -7,13 +7,12 @@ as ``model.tokenizer_path``; the DataModule gets the same file, and the edit lay
 
 from __future__ import annotations
 
-from lightning.pytorch.cli import LightningCLI
-
 from arm.ar.module import ARModule
 from arm.data.codes import CodeDataModule
+from arm.lightning_cli import ArmCLI
 
 
-class ARCLI(LightningCLI):
+class ARCLI(ArmCLI):
     def add_arguments_to_parser(self, parser) -> None:
         parser.link_arguments("model.tokenizer_path", "data.tokenizer_path")
         parser.link_arguments("model.edit_layout", "data.edit_layout")

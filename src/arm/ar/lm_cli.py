@@ -6,14 +6,13 @@ exports ``<default_root_dir>/lm/``, which ``arm.ar.lm_module.load_lm`` reads for
 
 from __future__ import annotations
 
-from lightning.pytorch.cli import LightningCLI
-
 from arm.ar.lm_module import CaptionLMModule
 from arm.data.datamodule import ShapeWorldDataModule
+from arm.lightning_cli import ArmCLI
 
 
 def main(args: list[str] | None = None) -> int:
-    LightningCLI(CaptionLMModule, ShapeWorldDataModule, args=args, save_config_kwargs={"overwrite": True})
+    ArmCLI(CaptionLMModule, ShapeWorldDataModule, args=args, save_config_kwargs={"overwrite": True})
     return 0
 
 

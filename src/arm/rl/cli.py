@@ -13,12 +13,11 @@ import sys
 
 def build_cli(args: list[str] | None = None):
     """Parse ``args`` and run the subcommand; the returned CLI holds the trainer and model (for tests)."""
-    from lightning.pytorch.cli import LightningCLI
-
+    from arm.lightning_cli import ArmCLI
     from arm.rl.data import PromptDataModule
     from arm.rl.module import GRPOModule
 
-    return LightningCLI(GRPOModule, PromptDataModule, args=args, save_config_kwargs={"overwrite": True})
+    return ArmCLI(GRPOModule, PromptDataModule, args=args, save_config_kwargs={"overwrite": True})
 
 
 def main(args: list[str] | None = None) -> int:

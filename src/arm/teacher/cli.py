@@ -6,14 +6,13 @@ validation can score zero-shot colour and shape; see the module docstring).
 
 from __future__ import annotations
 
-from lightning.pytorch.cli import LightningCLI
-
 from arm.data.datamodule import ShapeWorldDataModule
+from arm.lightning_cli import ArmCLI
 from arm.teacher.module import TeacherModule
 
 
 def main(args: list[str] | None = None) -> int:
-    LightningCLI(TeacherModule, ShapeWorldDataModule, args=args, save_config_kwargs={"overwrite": True})
+    ArmCLI(TeacherModule, ShapeWorldDataModule, args=args, save_config_kwargs={"overwrite": True})
     return 0
 
 

@@ -91,12 +91,11 @@ def main(args: list[str] | None = None) -> int:
         except (FileNotFoundError, ValueError) as err:
             print(f"arm tokenizer {ns.command}: error: {err}", file=sys.stderr)
             return 2
-    from lightning.pytorch.cli import LightningCLI
-
     from arm.data.datamodule import ShapeWorldDataModule
+    from arm.lightning_cli import ArmCLI
     from arm.tokenizer.module import TokenizerModule
 
-    class TokenizerCLI(LightningCLI):
+    class TokenizerCLI(ArmCLI):
         def instantiate_classes(self) -> None:
             # A bad setting (a path that does not exist, sizes that do not fit the teacher) is found while the
             # module and DataModule are built: report it as one line. Errors during training keep their traceback.
