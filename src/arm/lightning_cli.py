@@ -48,7 +48,8 @@ class ArmCLI(LightningCLI):
         path = self.config[subcommand].get("ckpt_path")
         if not path or not Path(path).is_file():
             return
-        stored = torch.load(path, map_location="cpu", weights_only=True).get("hyper_parameters") or {}
+        # mmap: only the hyperparameters are read, not every tensor of a large checkpoint
+        stored = torch.load(path, map_location="cpu", weights_only=True, mmap=True).get("hyper_parameters") or {}
         changed = changed_model_options(stored, self.config[subcommand].get("model"))
         if changed:
             listed = "; ".join(f"model.{key}={new!r} (checkpoint: {old!r})" for key, (old, new) in changed.items())

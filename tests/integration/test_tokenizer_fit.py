@@ -416,23 +416,6 @@ def test_a_run_resumed_from_a_checkpoint_file_keeps_its_configured_model_options
     assert moved and all(k.startswith("model.decoder.") for k in moved)
 
 
-def test_changed_model_options_compares_plain_values():
-    """Namespaces (how jsonargparse holds a dataclass option) compare as dicts, tuples as lists; private keys and
-    options the configuration does not set are left out."""
-    from jsonargparse import Namespace
-
-    from arm.lightning_cli import changed_model_options
-
-    stored = {"lr": 1e-3, "betas": [0.9, 0.95], "projection": {"dim": 128, "num_layers": 2}, "_instantiator": "x",
-              "gone": 1}
-    same = Namespace(lr=1e-3, betas=(0.9, 0.95), projection=Namespace(dim=128, num_layers=2))
-    assert changed_model_options(stored, same) == {}
-    other = Namespace(lr=2e-3, betas=(0.9, 0.99), projection=Namespace(dim=64, num_layers=2))
-    assert changed_model_options(stored, other) == {
-        "lr": (1e-3, 2e-3), "betas": ([0.9, 0.95], [0.9, 0.99]),
-        "projection": ({"dim": 128, "num_layers": 2}, {"dim": 64, "num_layers": 2})}
-
-
 def _small_clip_file(path: Path) -> Path:
     """A randomly initialised OpenAI CLIP ViT (32 px input, 16 px patches: 4 patch features of width 64; text width
     64, so the default 64-wide heads fit), saved as a plain state dict."""

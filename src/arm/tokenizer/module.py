@@ -102,7 +102,8 @@ class TokenizerModule(L.LightningModule):
             (experiments/LOG.md, eighteenth session): 1,200 decoder steps after 1,350 joint ones take semantic
             reconstruction from 0.479 / 0.484 to 0.578 / 0.613 (two seeds) and PSNR from 28.4 / 28.7 to 29.8 /
             30.2 dB; a short phase in place of joint steps is worse (the warm-up first costs the decoder some of
-            what it had). 0: none. Untested under ``ModelParallelStrategy``.
+            what it had). The shapeworld YAML runs 1,000 after 1,350 joint steps (LOG, twenty-second session:
+            0.480 / 0.492 -> 0.569 / 0.590). 0: none. Untested under ``ModelParallelStrategy``.
         export: write the trained tokenizer to ``<default_root_dir>/tokenizer`` at the end of fit.
         inception_weights: local torch-fidelity InceptionV3 weights file; validation then logs ``val/rfid``.
     """
