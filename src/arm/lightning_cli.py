@@ -7,6 +7,11 @@ resolves later). So ``--ckpt_path run/last.ckpt --model.decoder_steps 1000`` tra
 tokenizer run ignored a changed decoder phase; experiments/LOG.md, twenty-second session). Here the configured
 options apply in both forms, and the options that differ from the checkpoint's are named on stderr, one line, so
 that a deliberate change is visible and a load error from a changed architecture has its cause beside it.
+
+Not changed by a resume in either form: the optimizer's state and the schedule's base rates, which Lightning
+restores from the checkpoint, so a changed ``lr``, ``decoder_lr_scale``, ``betas`` or ``weight_decay`` does not
+apply to a resumed run (a resumed run at ``decoder_lr_scale`` 2 matched the run at 1 to the last digit;
+experiments/LOG.md, twenty-second session); the stderr line says so.
 """
 
 from __future__ import annotations
@@ -54,4 +59,5 @@ class ArmCLI(LightningCLI):
         if changed:
             listed = "; ".join(f"model.{key}={new!r} (checkpoint: {old!r})" for key, (old, new) in changed.items())
             print(f"arm: resuming from {path} with the configured model options, which differ from the "
-                  f"checkpoint's: {listed}", file=sys.stderr)
+                  f"checkpoint's: {listed} (the optimizer's state and learning rates still come from the "
+                  f"checkpoint)", file=sys.stderr)
