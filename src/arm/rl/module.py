@@ -366,4 +366,4 @@ class GRPOModule(L.LightningModule):
             save_ar(state, self.policy.config, tuple(self.meta["grid"]), self.export_dir(),
                     os.path.join(source, self.meta["text_tokenizer"]), self.meta.get("tokenizer_export"),
                     # sampled and evaluated as its initialisation is, so Table 8 compares like with like
-                    self.meta.get("sampling"), self.meta.get("edit_layout", "source_first"))
+                    self.meta.get("sampling"), self.builder.edit_layout)  # the loader's, old exports' default included
