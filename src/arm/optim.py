@@ -29,16 +29,19 @@ def warmup_cosine_factor(warmup_steps: int, total_steps: int | None):
     return factor
 
 
-def two_phase_factor(warmup_steps: int, first_steps: int, total_steps: int) -> Callable[[int], float]:
+def two_phase_factor(warmup_steps: int, first_steps: int, total_steps: int,
+                     second_scale: float = 1.0) -> Callable[[int], float]:
     """``warmup_cosine_factor`` over steps [0, first_steps), then again, from a fresh warm-up, over [first_steps,
-    total_steps): the first phase is scheduled exactly as a run of ``first_steps`` alone would be, and a second
-    phase that trains only some of the parameters (a decoder alone on frozen codes) gets its own warm-up and
-    cosine."""
+    total_steps), times ``second_scale``: the first phase is scheduled exactly as a run of ``first_steps`` alone
+    would be, and a second phase that trains only some of the parameters (a decoder alone on frozen codes) gets its
+    own warm-up, cosine and peak rate."""
     if not 0 < first_steps < total_steps:
         raise ValueError(f"the first phase must end inside the run: got {first_steps} of {total_steps} steps")
+    if second_scale <= 0:
+        raise ValueError(f"the second phase's rate scale must be > 0, got {second_scale}")
     first = warmup_cosine_factor(warmup_steps, first_steps)
     second = warmup_cosine_factor(warmup_steps, total_steps - first_steps)
-    return lambda step: first(step) if step < first_steps else second(step - first_steps)
+    return lambda step: first(step) if step < first_steps else second_scale * second(step - first_steps)
 
 
 def adamw_warmup_cosine(

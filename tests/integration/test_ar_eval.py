@@ -190,6 +190,22 @@ def test_export_records_its_edit_layout(export, tmp_path):
     assert load_ar_bundle(str(config.parent), image_tokenizer=False).builder.edit_layout == "source_first"
 
 
+def _generate_then_edit(model, seen: list) -> list:
+    """What ``seen`` records over one text-to-image call and one edit call of ``model``."""
+    seen.clear()
+    model.generate(["a red circle"], 1, seed=0)
+    model.edit([np.zeros((64, 64, 3), np.uint8)], ["make it blue"], seed=0)
+    return list(seen)
+
+
+def _save_with_sampling(export, root, samplings: dict) -> None:
+    """``export``'s weights re-saved under ``root / name`` with each named sampling record."""
+    bundle = load_ar_bundle(str(export), image_tokenizer=False)
+    for name, stored in samplings.items():
+        save_ar(bundle.model.state_dict(), bundle.model.config, (8, 8), str(root / name),
+                str(export / "tokenizer.json"), bundle.meta["tokenizer_export"], stored)
+
+
 def test_edit_temperature_is_the_edits_own(export, tmp_path, monkeypatch):
     """Edits sample at ``edit_temperature`` and text-to-image at ``temperature``; an export that stores no
     ``edit_temperature`` (written before it existed) edits at its ``temperature``, as it did."""
@@ -201,20 +217,14 @@ def test_edit_temperature_is_the_edits_own(export, tmp_path, monkeypatch):
     monkeypatch.setattr(eval_model, "generate_codes", lambda *a: seen.append(("t2i", a[3].temperature))
                         or real_generate(*a))
     monkeypatch.setattr(eval_model, "edit_codes", lambda *a: seen.append(("edit", a[4].temperature)) or real_edit(*a))
-    image = np.zeros((64, 64, 3), np.uint8)
     temperature, edit_temperature = np.random.default_rng().uniform(0.2, 1.5, 2).round(3)
 
     def run(model) -> list:
-        seen.clear()
-        model.generate(["a red circle"], 1, seed=0)
-        model.edit([image], ["make it blue"], seed=0)
-        return list(seen)
+        return _generate_then_edit(model, seen)
 
-    bundle = load_ar_bundle(str(export), image_tokenizer=False)
-    for name, stored in (("new", {**validation_sampling(), "edit_temperature": float(edit_temperature)}),
-                         ("old", {k: v for k, v in validation_sampling().items() if k != "edit_temperature"})):
-        save_ar(bundle.model.state_dict(), bundle.model.config, (8, 8), str(tmp_path / name),
-                str(export / "tokenizer.json"), bundle.meta["tokenizer_export"], stored)
+    _save_with_sampling(export, tmp_path, {
+        "new": {**validation_sampling(), "edit_temperature": float(edit_temperature)},
+        "old": {k: v for k, v in validation_sampling().items() if k != "edit_temperature"}})
     assert run(load_for_eval(str(tmp_path / "new"))) == [("t2i", 1.0), ("edit", float(edit_temperature))]
     assert run(load_for_eval(str(tmp_path / "new"), temperature=float(temperature))) == [
         ("t2i", float(temperature)), ("edit", float(edit_temperature))]
@@ -227,6 +237,61 @@ def test_edit_temperature_is_the_edits_own(export, tmp_path, monkeypatch):
     assert validation_sampling({**_defaults(), "val_edit_temperature": 0.4})["edit_temperature"] == 0.4
     assert validation_sampling({k: v for k, v in _defaults().items() if k != "val_edit_temperature"})[
         "edit_temperature"] == 1.0
+
+
+def test_edit_decoder_cfg_is_the_edits_own(export, tmp_path, monkeypatch):
+    """Edits decode at ``edit_decoder_cfg`` and text-to-image at ``decoder_cfg``; an export that stores no
+    ``edit_decoder_cfg`` (written before it existed) decodes its edits at its ``decoder_cfg``, as it did."""
+    import arm.ar.eval_model as eval_model
+    from arm.ar.commands import load_for_eval
+
+    seen = []
+    real_decode = eval_model.AREvalModel._decode
+    monkeypatch.setattr(eval_model.AREvalModel, "_decode",
+                        lambda self, codes, gen, scale: seen.append(scale) or real_decode(self, codes, gen, scale))
+    t2i_scale, edit_scale = np.random.default_rng().uniform(1.1, 4.0, 2).round(3)
+
+    def run(model) -> list:
+        return _generate_then_edit(model, seen)
+
+    new = {**validation_sampling(), "decoder_cfg": float(t2i_scale), "edit_decoder_cfg": float(edit_scale)}
+    _save_with_sampling(export, tmp_path, {"new": new, "old": {k: v for k, v in new.items() if k != "edit_decoder_cfg"}})
+    assert run(load_for_eval(str(tmp_path / "new"))) == [float(t2i_scale), float(edit_scale)]
+    assert run(load_for_eval(str(tmp_path / "new"), decoder_cfg=1.0)) == [1.0, float(edit_scale)]
+    assert run(load_for_eval(str(tmp_path / "old"))) == [float(t2i_scale), float(t2i_scale)]
+    assert run(load_for_eval(str(tmp_path / "old"), edit_decoder_cfg=1.0)) == [float(t2i_scale), 1.0]
+    # A run's hparams: the options, or 1 for runs saved before them.
+    hp = {**_defaults(), "val_decoder_cfg": float(t2i_scale), "val_edit_decoder_cfg": float(edit_scale)}
+    assert (validation_sampling(hp)["decoder_cfg"], validation_sampling(hp)["edit_decoder_cfg"]) == (
+        float(t2i_scale), float(edit_scale))
+    older = {k: v for k, v in _defaults().items() if k not in ("val_decoder_cfg", "val_edit_decoder_cfg")}
+    assert (validation_sampling(older)["decoder_cfg"], validation_sampling(older)["edit_decoder_cfg"]) == (1.0, 1.0)
+
+
+def test_the_validation_grids_decode_text_to_image_and_edits_at_their_own_decoder_cfg(export):
+    """``sample_grids``: the t2i grid's images (drawn and ground truth) decode at ``decoder_cfg``, the edit grid's
+    (source, edited, target) at ``edit_decoder_cfg``."""
+    from arm.ar.commands import sample_grids
+
+    bundle = load_ar_bundle(str(export), image_tokenizer=False)
+    seen = []
+
+    class Recorder:  # stands in for the image tokenizer: records each decode call's scale and row count
+        def decode(self, codes, steps, scale, generator=None):
+            seen.append((scale, codes.shape[0]))
+            return torch.zeros(codes.shape[0], 3, 8, 8)
+
+    rng = np.random.default_rng()
+    t2i_scale, edit_scale = rng.uniform(1.1, 4.0, 2).round(3)
+    codes = [rng.integers(0, bundle.model.config.num_image_codes, 64) for _ in range(3)]
+    samples = [{"meta": {"caption": "a red circle"}, "codes": codes[0], "edit_codes": None},
+               {"meta": {"caption": "a blue square", "edit": {"instruction": "make it green"}}, "codes": codes[1],
+                "edit_codes": codes[2]}]
+    grids = sample_grids(bundle.model, bundle.builder, Recorder(), samples, cfg=1.0, image_cfg=1.0, top_k=5,
+                         decode_steps=1, generator=torch.Generator().manual_seed(0), decoder_cfg=float(t2i_scale),
+                         edit_decoder_cfg=float(edit_scale))
+    assert set(grids) == {"t2i", "edit"}
+    assert seen == [(float(t2i_scale), 2)] * 2 + [(float(edit_scale), 1)] * 3
 
 
 def _defaults() -> dict:

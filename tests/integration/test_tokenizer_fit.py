@@ -161,6 +161,34 @@ def test_decoder_lr_scale_sets_the_pixel_decoders_rate_only(parts):
         assert rate[id(p)] == pytest.approx(2e-3 * (2.5 if id(p) in decoder else 1.0))
 
 
+def test_decoder_phase_lr_scale_raises_the_decoder_phases_rate_only(parts):
+    """Over 20 steps with a 5-step decoder phase: the joint phase's rates are those of the unscaled run, the phase's
+    ``decoder_phase_lr_scale`` times them."""
+    from types import SimpleNamespace
+
+    from arm.tokenizer.module import TokenizerModule
+
+    scale = float(np.random.default_rng().uniform(1.5, 4.0))
+
+    def rates(**kw) -> list[list[float]]:
+        module = TokenizerModule(str(parts / "teacher"), lm_dir=None, levels=[4, 4, 3], w_cap=0.0, warmup_steps=2,
+                                 decoder_steps=5, **kw)
+        module._trainer = SimpleNamespace(max_steps=20)
+        sched = module.configure_optimizers()["lr_scheduler"]["scheduler"]
+        out = []
+        for _ in range(20):
+            out.append([g["lr"] for g in sched.optimizer.param_groups])
+            sched.optimizer.step()
+            sched.step()
+        return out
+
+    plain, scaled = rates(), rates(decoder_phase_lr_scale=scale)
+    assert scaled[:15] == plain[:15]
+    assert scaled[15:] == [pytest.approx([scale * r for r in row]) for row in plain[15:]]
+    with pytest.raises(ValueError, match="decoder_phase_lr_scale must be > 0"):
+        TokenizerModule(str(parts / "teacher"), lm_dir=None, w_cap=0.0, decoder_phase_lr_scale=0.0)
+
+
 def test_caption_batch_feeds_the_lm_a_subset_in_training_only(parts, monkeypatch):
     import arm.ar.model as ar_model
     from arm.tokenizer.module import TokenizerModule

@@ -2,6 +2,7 @@
 
 import math
 
+import numpy as np
 import pytest
 import torch
 
@@ -64,3 +65,9 @@ def test_two_phase_factor_restarts_the_warmup_and_cosine_at_the_boundary():
     for first, total in ((0, 10), (10, 10)):
         with pytest.raises(ValueError, match="must end inside the run"):
             two_phase_factor(2, first, total)
+    scale = float(np.random.default_rng().uniform(0.2, 5.0))
+    g = two_phase_factor(10, 110, 160, second_scale=scale)  # the second phase's peak only
+    assert [g(s) for s in range(110)] == [f(s) for s in range(110)]
+    assert [g(s) for s in range(110, 160)] == pytest.approx([scale * f(s) for s in range(110, 160)])
+    with pytest.raises(ValueError, match="scale must be > 0"):
+        two_phase_factor(2, 5, 10, second_scale=0.0)

@@ -114,10 +114,11 @@ def answer_accuracy(model, builder, samples: Sequence[dict], batch_size: int = 6
 
 def sample_grids(model, builder, tokenizer_bundle, samples: Sequence[dict], cfg: float, image_cfg: float,
                  top_k: int, decode_steps: int, generator=None, edit_text_cfg: float | None = None,
-                 edit_temperature: float = 1.0) -> dict:
+                 edit_temperature: float = 1.0, decoder_cfg: float = 1.0, edit_decoder_cfg: float = 1.0) -> dict:
     """TensorBoard grids (3, H, W) in [0, 1]: ``t2i`` (generated over decoded ground truth, CFG ``cfg``,
     temperature 1) and ``edit`` (source, edited, target rows; text scale ``edit_text_cfg``, default ``cfg``;
-    temperature ``edit_temperature``), every image decoded by the image tokenizer."""
+    temperature ``edit_temperature``), every image decoded by the image tokenizer: the t2i grid at decoder-side
+    scale ``decoder_cfg``, the edit grid at ``edit_decoder_cfg``."""
     import numpy as np
     import torch
     from torchvision.utils import make_grid
@@ -125,25 +126,25 @@ def sample_grids(model, builder, tokenizer_bundle, samples: Sequence[dict], cfg:
     SamplingConfig = _sampling("SamplingConfig")
     device = next(model.parameters()).device
 
-    def decode(codes) -> torch.Tensor:
+    def decode(codes, scale: float) -> torch.Tensor:
         if isinstance(codes, (list, tuple)) and codes and not torch.is_tensor(codes[0]):
             codes = np.stack([np.asarray(c) for c in codes])  # a list of arrays: one array, not a slow element copy
         codes = torch.as_tensor(codes, dtype=torch.long, device=device)
-        return tokenizer_bundle.decode(codes, decode_steps, 1.0, generator).float().clamp(0, 1).cpu()
+        return tokenizer_bundle.decode(codes, decode_steps, scale, generator).float().clamp(0, 1).cpu()
 
     grids = {}
     with torch.no_grad():
         texts = [(s["meta"].get("geneval") or {}).get("prompt") or s["meta"]["caption"] for s in samples]
         drawn = generate_codes(model, builder, texts, SamplingConfig(top_k=top_k, cfg_scale=cfg), generator)
         truth = [s["codes"] for s in samples]
-        grids["t2i"] = make_grid(torch.cat([decode(drawn), decode(truth)]), nrow=len(samples), padding=1)
+        grids["t2i"] = make_grid(torch.cat([decode(drawn, decoder_cfg), decode(truth, decoder_cfg)]), nrow=len(samples), padding=1)
         edits = [s for s in samples if s["edit_codes"] is not None]
         if edits:
             sources = [s["codes"] for s in edits]
             edited = edit_codes(model, builder, sources, [s["meta"]["edit"]["instruction"] for s in edits],
                                 SamplingConfig(temperature=edit_temperature, top_k=top_k, image_scale=image_cfg,
                                                text_scale=cfg if edit_text_cfg is None else edit_text_cfg), generator)
-            images = torch.cat([decode(sources), decode(edited), decode([s["edit_codes"] for s in edits])])
+            images = torch.cat([decode(c, edit_decoder_cfg) for c in (sources, edited, [s["edit_codes"] for s in edits])])
             grids["edit"] = make_grid(images, nrow=len(edits), padding=1)
     return grids
 

@@ -58,7 +58,7 @@ from arm.ar.sampling import SamplingConfig, continuation_logprobs
 from arm.eval.interface import EvalModel, Image
 
 SAMPLING_KEYS = ("cfg", "text_cfg", "image_cfg", "temperature", "edit_temperature", "top_k", "top_p", "decoder_steps",
-                 "decoder_cfg")
+                 "decoder_cfg", "edit_decoder_cfg")
 MAX_ANSWER_TOKENS = 16
 """New tokens of a greedy answer: validation's ``answer_accuracy`` uses ``answer_questions``' default, 16."""
 
@@ -145,7 +145,7 @@ class AREvalModel(EvalModel):
             with self._precision():
                 codes = edit_codes(self.bundle.model, self.bundle.builder, [sources[i] for i in rows],
                                    [instructions[i] for i in rows], config, generator)
-                out += self._decode(codes, generator, self.settings["decoder_cfg"])
+                out += self._decode(codes, generator, self.settings["edit_decoder_cfg"])
         return out
 
     @torch.no_grad()
@@ -187,7 +187,8 @@ def load_for_eval(path: str, *, device: str = "cpu", batch_size: int = 64, answe
     ``sampling`` overrides the export's validation sampling settings; keys: ``cfg`` (text-to-image CFG),
     ``text_cfg`` and ``image_cfg`` (edit guidance), ``temperature`` (text-to-image), ``edit_temperature`` (edits;
     where neither the export nor ``sampling`` sets it, the same as ``temperature``, as before it existed),
-    ``top_k``, ``top_p``, ``decoder_steps``, ``decoder_cfg``; a value of None keeps the export's. ``batch_size``:
+    ``top_k``, ``top_p``, ``decoder_steps``, ``decoder_cfg`` (text-to-image), ``edit_decoder_cfg`` (edits; where
+    neither the export nor ``sampling`` sets it, the same as ``decoder_cfg``); a value of None keeps the export's. ``batch_size``:
     image rows per sampler call (each runs 2-3 guidance branches; 64 measured fastest for the demo's AR export on 2
     cores, GenEval with one image per prompt: 42.4 s against 47.4 / 53.3 / 50.1 s at 32 / 16 / 128, same scores);
     ``answer_batch_size``: rows per answer / log-likelihood batch; ``precision``: ``fp32`` or ``bf16`` (image
@@ -208,6 +209,8 @@ def load_for_eval(path: str, *, device: str = "cpu", batch_size: int = 64, answe
     settings = {**validation_sampling(), **given}
     if "edit_temperature" not in given:  # an export written before the setting: edits sample as text-to-image
         settings["edit_temperature"] = settings["temperature"]
+    if "edit_decoder_cfg" not in given:  # likewise: edits decode as text-to-image
+        settings["edit_decoder_cfg"] = settings["decoder_cfg"]
     settings = {k: int(v) if k in ("top_k", "decoder_steps") else float(v) for k, v in settings.items()}
     for key in ("temperature", "edit_temperature"):  # checks
         SamplingConfig(temperature=settings[key], top_k=settings["top_k"], top_p=settings["top_p"])
@@ -258,7 +261,8 @@ def cfg_grid(model: AREvalModel, prompts: Sequence[str], ar_scales: Sequence[flo
     from arm.eval.results import checkpoint_hash
     from arm.io import write_json_atomic
 
-    record = {**{k: v for k, v in model.settings.items() if k not in ("cfg", "decoder_cfg")}, "seed": int(seed),
+    skip = ("cfg", "decoder_cfg", "edit_decoder_cfg")  # the grid's axes, and a setting it does not use
+    record = {**{k: v for k, v in model.settings.items() if k not in skip}, "seed": int(seed),
               "checkpoint": model.checkpoint, "checkpoint_sha256": checkpoint_hash(model.checkpoint)}
     path = Path(out) / CFG_DIR / "settings.json"
     stored = json.loads(path.read_text()) if path.is_file() else None

@@ -149,6 +149,8 @@ class ARModule(L.LightningModule):
         val_edit_temperature: float = 1.0,
         val_top_k: int = 50,
         val_decode_steps: int = 10,
+        val_decoder_cfg: float = 1.0,
+        val_edit_decoder_cfg: float = 1.0,
         export: bool = True,
     ) -> None:
         """
@@ -230,7 +232,12 @@ class ARModule(L.LightningModule):
                 Measured (experiments/LOG.md, eleventh session): below 1 edited images lose their objects as
                 text-to-image ones do (greedy: 0.78 objects per edit against 2.60 at 1), so the YAMLs keep 1.
             val_top_k: top-k of the grids' sampling.
-            val_decode_steps: pixel-decoder steps of the grids. The grids' settings are stored in the export as its
+            val_decode_steps: pixel-decoder steps of the grids.
+            val_decoder_cfg: pixel-decoder guidance scale of the text-to-image grid (and of the images ``arm eval``
+                draws from text).
+            val_edit_decoder_cfg: pixel-decoder guidance scale of the edit grid (and of ``arm eval``'s edits), apart
+                from text-to-image's: measured (experiments/LOG.md, twenty-second and twenty-third sessions), decoder
+                CFG 2 lifts GenEval ~0.02 but costs GEdit's picture quality ~0.4-0.5. The grids' settings are stored in the export as its
                 sampling defaults (``validation_sampling``), which ``arm eval`` uses unless ``--sampling`` says
                 otherwise.
             export: write ``<default_root_dir>/ar`` at the end of fit.
@@ -481,7 +488,8 @@ class ARModule(L.LightningModule):
         generator = torch.Generator(device=self.device).manual_seed(0)
         grids = sample_grids(self.model, self.builder, self._bundle, self._eval_samples[: hp.grid_images],
                              hp.val_cfg, hp.val_edit_image_cfg, hp.val_top_k, hp.val_decode_steps, generator,
-                             edit_text_cfg=edit_text_scale(hp), edit_temperature=hp.val_edit_temperature)
+                             edit_text_cfg=edit_text_scale(hp), edit_temperature=hp.val_edit_temperature,
+                             decoder_cfg=hp.val_decoder_cfg, edit_decoder_cfg=hp.val_edit_decoder_cfg)
         for name, image in grids.items():
             experiment.add_image(f"val/{name}_grid", image, self.global_step)
 
@@ -521,7 +529,10 @@ def validation_sampling(hparams: Any = None) -> dict[str, Any]:
             "image_cfg": float(hparams["val_edit_image_cfg"]), "temperature": 1.0,
             # runs saved before the option sampled their edit grids at 1
             "edit_temperature": float(hparams.get("val_edit_temperature", 1.0)), "top_k": int(hparams["val_top_k"]),
-            "top_p": 1.0, "decoder_steps": int(hparams["val_decode_steps"]), "decoder_cfg": 1.0}
+            "top_p": 1.0, "decoder_steps": int(hparams["val_decode_steps"]),
+            # runs saved before the options decoded every grid at 1
+            "decoder_cfg": float(hparams.get("val_decoder_cfg", 1.0)),
+            "edit_decoder_cfg": float(hparams.get("val_edit_decoder_cfg", 1.0))}
 
 
 def edit_text_scale(hparams: Any) -> float:

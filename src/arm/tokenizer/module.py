@@ -104,6 +104,12 @@ class TokenizerModule(L.LightningModule):
             30.2 dB; a short phase in place of joint steps is worse (the warm-up first costs the decoder some of
             what it had). The shapeworld YAML runs 1,000 after 1,350 joint steps (LOG, twenty-second session:
             0.480 / 0.492 -> 0.569 / 0.590). 0: none. Untested under ``ModelParallelStrategy``.
+        decoder_phase_lr_scale: the decoder phase's peak rate is ``lr x decoder_lr_scale x decoder_phase_lr_scale``
+            (the joint phase keeps its own; ``decoder_lr_scale`` would raise the decoder's rate in both phases, which
+            costs code usage and zero-shot shape, LOG tenth session). Measured on the embedded default's 1,000-step
+            phase (LOG, twenty-third session; 1,000 val images): 2 moves semantic reconstruction by +0.018 / +0.013
+            (seed 0, two harnesses) and -0.010 / +0.002 (seed 1), PSNR +0.1-0.3 dB (3: +0.010, 4: -0.021 at seed
+            0): NEUTRAL on the exact-scene figure, so the YAMLs keep 1.
         export: write the trained tokenizer to ``<default_root_dir>/tokenizer`` at the end of fit.
         inception_weights: local torch-fidelity InceptionV3 weights file; validation then logs ``val/rfid``.
     """
@@ -137,6 +143,7 @@ class TokenizerModule(L.LightningModule):
         val_cfg_scale: float = 1.0,
         compile_blocks: bool = False,
         decoder_steps: int = 0,
+        decoder_phase_lr_scale: float = 1.0,
         export: bool = True,
         inception_weights: str | None = None,
     ) -> None:
@@ -150,6 +157,9 @@ class TokenizerModule(L.LightningModule):
         if decoder_steps < 0 or (decoder_steps > 0 and w_pix <= 0):
             raise ValueError(f"model.decoder_steps must be >= 0 and needs the pixel decoder (w_pix > 0), got "
                              f"decoder_steps={decoder_steps}, w_pix={w_pix}")
+        if decoder_phase_lr_scale <= 0:
+            raise ValueError(f"model.decoder_phase_lr_scale must be > 0 (1 = the joint phase's peak rate), got "
+                             f"{decoder_phase_lr_scale}")
         if pix_repeats < 1:
             raise ValueError(f"model.pix_repeats must be >= 1 (1 = one noise draw per image), got {pix_repeats}")
         if caption_batch < 0:
@@ -362,7 +372,8 @@ class TokenizerModule(L.LightningModule):
         factor = None
         if hp.decoder_steps:  # the joint phase scheduled as a run of its own; the decoder's phase warms up again
             self.check_step_budget(total)
-            factor = two_phase_factor(hp.warmup_steps, total - hp.decoder_steps, total)
+            factor = two_phase_factor(hp.warmup_steps, total - hp.decoder_steps, total,
+                                      hp.get("decoder_phase_lr_scale", 1.0))  # absent from older checkpoints
         return adamw_warmup_cosine([(rest, 1.0), (decoder, hp.decoder_lr_scale)], hp.lr, hp.weight_decay, hp.betas,
                                    hp.warmup_steps, total, factor)
 
