@@ -255,7 +255,8 @@ def test_edit_decoder_cfg_is_the_edits_own(export, tmp_path, monkeypatch):
         return _generate_then_edit(model, seen)
 
     new = {**validation_sampling(), "decoder_cfg": float(t2i_scale), "edit_decoder_cfg": float(edit_scale)}
-    _save_with_sampling(export, tmp_path, {"new": new, "old": {k: v for k, v in new.items() if k != "edit_decoder_cfg"}})
+    old = {k: v for k, v in new.items() if k != "edit_decoder_cfg"}  # an export written before the setting
+    _save_with_sampling(export, tmp_path, {"new": new, "old": old})
     assert run(load_for_eval(str(tmp_path / "new"))) == [float(t2i_scale), float(edit_scale)]
     assert run(load_for_eval(str(tmp_path / "new"), decoder_cfg=1.0)) == [1.0, float(edit_scale)]
     assert run(load_for_eval(str(tmp_path / "old"))) == [float(t2i_scale), float(t2i_scale)]

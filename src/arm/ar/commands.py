@@ -137,14 +137,16 @@ def sample_grids(model, builder, tokenizer_bundle, samples: Sequence[dict], cfg:
         texts = [(s["meta"].get("geneval") or {}).get("prompt") or s["meta"]["caption"] for s in samples]
         drawn = generate_codes(model, builder, texts, SamplingConfig(top_k=top_k, cfg_scale=cfg), generator)
         truth = [s["codes"] for s in samples]
-        grids["t2i"] = make_grid(torch.cat([decode(drawn, decoder_cfg), decode(truth, decoder_cfg)]), nrow=len(samples), padding=1)
+        images = torch.cat([decode(drawn, decoder_cfg), decode(truth, decoder_cfg)])
+        grids["t2i"] = make_grid(images, nrow=len(samples), padding=1)
         edits = [s for s in samples if s["edit_codes"] is not None]
         if edits:
             sources = [s["codes"] for s in edits]
             edited = edit_codes(model, builder, sources, [s["meta"]["edit"]["instruction"] for s in edits],
                                 SamplingConfig(temperature=edit_temperature, top_k=top_k, image_scale=image_cfg,
                                                text_scale=cfg if edit_text_cfg is None else edit_text_cfg), generator)
-            images = torch.cat([decode(c, edit_decoder_cfg) for c in (sources, edited, [s["edit_codes"] for s in edits])])
+            rows = (sources, edited, [s["edit_codes"] for s in edits])
+            images = torch.cat([decode(c, edit_decoder_cfg) for c in rows])
             grids["edit"] = make_grid(images, nrow=len(edits), padding=1)
     return grids
 

@@ -188,9 +188,10 @@ def load_for_eval(path: str, *, device: str = "cpu", batch_size: int = 64, answe
     ``text_cfg`` and ``image_cfg`` (edit guidance), ``temperature`` (text-to-image), ``edit_temperature`` (edits;
     where neither the export nor ``sampling`` sets it, the same as ``temperature``, as before it existed),
     ``top_k``, ``top_p``, ``decoder_steps``, ``decoder_cfg`` (text-to-image), ``edit_decoder_cfg`` (edits; where
-    neither the export nor ``sampling`` sets it, the same as ``decoder_cfg``); a value of None keeps the export's. ``batch_size``:
-    image rows per sampler call (each runs 2-3 guidance branches; 64 measured fastest for the demo's AR export on 2
-    cores, GenEval with one image per prompt: 42.4 s against 47.4 / 53.3 / 50.1 s at 32 / 16 / 128, same scores);
+    neither the export nor ``sampling`` sets it, the same as ``decoder_cfg``); a value of None keeps the export's.
+    ``batch_size``: image rows per sampler call (each runs 2-3 guidance branches; 64 measured fastest for the demo's
+    AR export on 2 cores, GenEval with one image per prompt: 42.4 s against 47.4 / 53.3 / 50.1 s at 32 / 16 / 128,
+    same scores);
     ``answer_batch_size``: rows per answer / log-likelihood batch; ``precision``: ``fp32`` or ``bf16`` (image
     sampling and decoding under bf16 autocast; see the module docstring).
     """

@@ -236,10 +236,11 @@ class ARModule(L.LightningModule):
             val_decoder_cfg: pixel-decoder guidance scale of the text-to-image grid (and of the images ``arm eval``
                 draws from text).
             val_edit_decoder_cfg: pixel-decoder guidance scale of the edit grid (and of ``arm eval``'s edits), apart
-                from text-to-image's: measured (experiments/LOG.md, twenty-second and twenty-third sessions), decoder
-                CFG 2 lifts GenEval ~0.02 but costs GEdit's picture quality ~0.4-0.5. The grids' settings are stored in the export as its
-                sampling defaults (``validation_sampling``), which ``arm eval`` uses unless ``--sampling`` says
-                otherwise.
+                from text-to-image's. Measured (experiments/LOG.md, twenty-second and twenty-third sessions): decoder
+                CFG 2 lifts GenEval ~0.02 but costs WISE 0.01-0.03 (its realism term) and GEdit's picture quality
+                0.4-0.5, so the YAMLs keep 1 for both.
+                The grids' settings are stored in the export as its sampling defaults (``validation_sampling``), which
+                ``arm eval`` uses unless ``--sampling`` says otherwise.
             export: write ``<default_root_dir>/ar`` at the end of fit.
         """
         super().__init__()

@@ -372,8 +372,7 @@ class TokenizerModule(L.LightningModule):
         factor = None
         if hp.decoder_steps:  # the joint phase scheduled as a run of its own; the decoder's phase warms up again
             self.check_step_budget(total)
-            factor = two_phase_factor(hp.warmup_steps, total - hp.decoder_steps, total,
-                                      hp.get("decoder_phase_lr_scale", 1.0))  # absent from older checkpoints
+            factor = two_phase_factor(hp.warmup_steps, total - hp.decoder_steps, total, hp.decoder_phase_lr_scale)
         return adamw_warmup_cosine([(rest, 1.0), (decoder, hp.decoder_lr_scale)], hp.lr, hp.weight_decay, hp.betas,
                                    hp.warmup_steps, total, factor)
 
