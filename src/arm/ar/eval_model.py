@@ -59,6 +59,8 @@ from arm.eval.interface import EvalModel, Image
 
 SAMPLING_KEYS = ("cfg", "text_cfg", "image_cfg", "temperature", "edit_temperature", "top_k", "top_p", "decoder_steps",
                  "decoder_cfg", "edit_decoder_cfg")
+EDIT_FALLBACKS = {"edit_temperature": "temperature", "edit_decoder_cfg": "decoder_cfg"}
+"""Edit settings that an export written before them lacks: such an export edits as it draws from text."""
 MAX_ANSWER_TOKENS = 16
 """New tokens of a greedy answer: validation's ``answer_accuracy`` uses ``answer_questions``' default, 16."""
 
@@ -208,10 +210,9 @@ def load_for_eval(path: str, *, device: str = "cpu", batch_size: int = 64, answe
     stored = bundle.meta.get("sampling")
     given = {**(stored or {}), **{k: v for k, v in sampling.items() if v is not None}}
     settings = {**validation_sampling(), **given}
-    if "edit_temperature" not in given:  # an export written before the setting: edits sample as text-to-image
-        settings["edit_temperature"] = settings["temperature"]
-    if "edit_decoder_cfg" not in given:  # likewise: edits decode as text-to-image
-        settings["edit_decoder_cfg"] = settings["decoder_cfg"]
+    for edit_key, t2i_key in EDIT_FALLBACKS.items():
+        if edit_key not in given:
+            settings[edit_key] = settings[t2i_key]
     settings = {k: int(v) if k in ("top_k", "decoder_steps") else float(v) for k, v in settings.items()}
     for key in ("temperature", "edit_temperature"):  # checks
         SamplingConfig(temperature=settings[key], top_k=settings["top_k"], top_p=settings["top_p"])

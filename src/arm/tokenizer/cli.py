@@ -75,8 +75,8 @@ def _utility_parser() -> argparse.ArgumentParser:
     t7.add_argument("--demo", default="results/demo", help="the demo folder (world, teacher, caption LM)")
     t7.add_argument("--seed", type=int, default=0)
     t7.add_argument("--steps", type=int, default=None,
-                    help="joint steps per variant in place of the YAML's budget, without its decoder phase (`make table7`: "
-                         "650, to fit its 30 minutes)")
+                    help="joint steps per variant in place of the YAML's budget, without its decoder phase "
+                         "(`make table7`: 650, to fit its 30 minutes)")
     return parser
 
 

@@ -52,7 +52,7 @@ def run_table7(out: str = "results", demo: str = "results/demo", seed: int = 0, 
         if not eval_path.exists():
             model = {"teacher_dir": str(demo_dir / "teacher" / "teacher"), "lm_dir": str(demo_dir / "lm" / "lm"),
                      "w_sig": 5.0 if sig else 0.0, "w_feat": 1.0 if feat else 0.0}
-            if steps:  # joint steps only: the YAML's decoder phase leaves the codes, which the table compares, as they are
+            if steps:  # joint steps only: the YAML's decoder phase leaves the codes, which the table compares, alone
                 model["decoder_steps"] = 0
             trainer = {"max_steps": steps, "val_check_interval": max(1, steps // 2)} if steps else None
             seconds = run_fit("tokenizer", "experiments/tokenizer/shapeworld.yaml", run_dir, model,
