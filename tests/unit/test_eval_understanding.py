@@ -46,6 +46,7 @@ def test_mme_acc_and_acc_plus_by_hand(tmp_path):
     assert summary["acc"]["value"] == 0.75 and summary["acc_plus"]["value"] == 0.5
     assert summary["per_subtask"]["existence"]["score"]["value"] == pytest.approx(125.0)
     assert summary["total_score"]["value"] == pytest.approx(125.0)
+    assert summary["yes_ratio"] == pytest.approx(3 / 4)  # replies Yes, No, Yes, Yes
     lines = (tmp_path / "out" / "existence.txt").read_text().splitlines()
     assert [line.split("\t") for line in lines] == [[*row, pred] for row, pred in zip(MME_LINES, ["Yes", "No", "Yes", "Yes"])]
 
@@ -95,6 +96,29 @@ def test_vqa_per_type_and_vqav2_accuracy(tmp_path):
     record = {"answers": ["2"] * 3 + ["3"] * 7}
     assert vqa_accuracy("two", record) == pytest.approx((3 * 2 / 3 + 7 * 1) / 10)
     assert vqa_accuracy("4", record) == 0.0
+
+
+def test_vqa_prior_baseline_and_reply_shares_by_hand(tmp_path):
+    """The per-type prior answers each question with its type's most frequent reference answer; ``top_replies``
+    gives each type's most frequent replies and their shares; every row keeps its reference answer."""
+    write_images(tmp_path)
+    counts = ["1", "1", "1", "0", "2"]  # count type: prior "1" is right on 3 of 5
+    colours = ["red", "blue", "blue", "red", "red", "green"]  # colour type: prior "red" on 3 of 6
+    rows = [{"question_id": i, "image": "images/one.png", "question": f"How many things {i}?", "answer": a,
+             "type": "count"} for i, a in enumerate(counts)]
+    rows += [{"question_id": 10 + i, "image": "images/two.png", "question": f"What colour is thing {i}?", "answer": a,
+              "type": "color_of"} for i, a in enumerate(colours)]
+    rows.append({"question_id": 99, "image": "images/one.png", "question": "How many humans?", "type": "human",
+                 "answers": ["3"] * 6 + ["2"] * 4})  # ten answers: prior "3", accuracy 1 (six say 3)
+    (tmp_path / "vqa.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    wrong = {r["question"] for r in rows[:4]}  # the dummy answers these "none", read as "0"
+    summary = run_vqa(Run(DummyModel(wrong=wrong), progress=False), tmp_path / "vqa.jsonl", tmp_path / "out")
+    assert summary["prior_per_type"] == {"count": pytest.approx(3 / 5), "color_of": pytest.approx(3 / 6),
+                                         "human": pytest.approx(1.0)}
+    assert summary["prior_accuracy"] == pytest.approx((3 + 3 + 1) / 12)
+    assert summary["top_replies"]["count"] == {"0": 0.8, "2": 0.2}
+    results = [json.loads(line) for line in (tmp_path / "out" / "results.jsonl").read_text().splitlines()]
+    assert [r["reference"] for r in results] == [*counts, *colours, "3"]
 
 
 def test_caption_perplexity_by_hand(tmp_path):

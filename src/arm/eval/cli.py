@@ -26,8 +26,8 @@ HEADLINES = {
     "geneval": ("overall", "per_tag"),
     "wise": ("overall", "per_group", "per_category"),
     "gedit": ("overall", "sc", "pq", "edit_success", "per_type"),
-    "vqa": ("accuracy", "per_type"),
-    "mme": ("acc", "acc_plus", "total_score"),
+    "vqa": ("accuracy", "per_type", "prior_accuracy", "top_replies"),
+    "mme": ("acc", "acc_plus", "total_score", "yes_ratio"),
     "pope": ("accuracy", "precision", "recall", "f1", "yes_ratio"),
     "caption": ("word_perplexity", "byte_perplexity"),
 }

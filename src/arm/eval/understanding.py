@@ -5,12 +5,18 @@
   Answers are normalised as VQAv2's evaluation does in essence (lower case, punctuation and articles removed,
   number words as digits; its full contraction table is not reproduced). With ten answers the accuracy is
   VQAv2's: the mean over the ten leave-one-out subsets of min(1, matches / 3); with one, exact match.
-  Reported per type and overall (over all questions).
+  Reported per type and overall (over all questions), beside two readings of what the model does without the
+  image: ``prior_accuracy``, the accuracy of answering every question with the most frequent answer of its type
+  (VQA's "per Q-type prior" baseline, Antol et al. 2015, here taken from the benchmark's own answers so that
+  evaluation reads no training file), and ``top_replies``, each type's three most frequent (normalised) replies
+  with their share; a model near its prior that gives one reply to most questions of a type is not reading the
+  image for that type.
 - MME (Fu et al. 2023, ``eval_tool/calculation.py``): tab-separated ``image<TAB>question<TAB>Yes|No`` lines, one
   file per subtask (the file's stem names it), two questions per image. A reply reads as yes / no when it is
   that word or its first four characters contain it (else "other", wrong). Per subtask acc = correct questions
   / questions, acc+ = images with both questions right / images, score = 100 (acc + acc+); the total is the sum
-  of subtask scores; ``acc`` and ``acc_plus`` pooled over every image are the headline. Results are written as
+  of subtask scores; ``acc`` and ``acc_plus`` pooled over every image are the headline; ``yes_ratio``, the share
+  of replies read as yes (half the questions are), shows an answer bias. Results are written as
   ``OUT/<subtask>.txt`` with the reply as a fourth column, the layout ``calculation.py`` reads.
 - POPE (Li et al. 2023): JSON lines with ``question_id``, ``image``, ``text``, ``label`` (yes/no). A reply is
   "no" when its first sentence holds the word no, No or not, else "yes" (LLaVA's ``eval_pope.py``);
@@ -23,7 +29,7 @@
 from __future__ import annotations
 
 import re
-from collections import defaultdict
+from collections import Counter, defaultdict
 from pathlib import Path
 
 import numpy as np
@@ -68,6 +74,28 @@ def vqa_accuracy(reply: str, record: dict) -> float:
     return float(pred == normalize_answer(record["answer"]))
 
 
+def _truth(record: dict) -> str:
+    """A record's reference answer, normalised: its one ``answer``, or the most frequent of VQAv2's ten."""
+    if "answers" in record:
+        humans = [normalize_answer(a["answer"] if isinstance(a, dict) else a) for a in record["answers"]]
+        return Counter(humans).most_common(1)[0][0]
+    return normalize_answer(record["answer"])
+
+
+def prior_scores(records: list[dict], types: list[str]) -> list[float]:
+    """Each record's VQA accuracy when answered with the most frequent reference answer of its type (ties: the
+    answer first seen), the per-question-type prior baseline."""
+    majority = {t: Counter(_truth(r) for r, k in zip(records, types) if k == t).most_common(1)[0][0]
+                for t in set(types)}
+    return [vqa_accuracy(majority[k], r) for r, k in zip(records, types)]
+
+
+def top_replies(replies: list[str], k: int = 3) -> dict[str, float]:
+    """The ``k`` most frequent normalised replies and their share of ``replies``."""
+    counts = Counter(normalize_answer(r) for r in replies)
+    return {reply: round(n / len(replies), 4) for reply, n in counts.most_common(k)}
+
+
 def run_vqa(run: Run, data: str | Path, out: str | Path) -> dict:
     data, out = Path(data), Path(out)
     records = read_records(data, run.limit)
@@ -78,13 +106,19 @@ def run_vqa(run: Run, data: str | Path, out: str | Path) -> dict:
         score = vqa_accuracy(reply, record)
         rows.append({"sample_id": str(record["question_id"]), "stratum": kind, "score": score,
                      "question_id": record["question_id"], "question": record["question"], "answer": reply,
+                     "reference": _truth(record),
                      "type": kind, "accuracy": score, "heldout": record.get("heldout")})
     types = sorted({r["type"] for r in rows})
+    prior = prior_scores(records, [r["type"] for r in rows])
     summary = {**run.stamp("vqa"), "records": len(records),
                "accuracy": number(*bootstrap_ci([[r["score"] for r in rows]], mean_of, run.seed)),
                "per_type": {t: number(*bootstrap_ci([[r["score"] for r in rows if r["type"] == t]], mean_of,
                                                     run.seed)) for t in types},
-               "counts": {t: sum(r["type"] == t for r in rows) for t in types}}
+               "counts": {t: sum(r["type"] == t for r in rows) for t in types},
+               "prior_accuracy": float(np.mean(prior)),
+               "prior_per_type": {t: float(np.mean([p for p, r in zip(prior, rows) if r["type"] == t]))
+                                  for t in types},
+               "top_replies": {t: top_replies([r["answer"] for r in rows if r["type"] == t]) for t in types}}
     return write_results(out, rows, summary)
 
 
@@ -163,6 +197,8 @@ def run_mme(run: Run, data: str | Path, out: str | Path) -> dict:
                "total_score": number(*bootstrap_ci([[100 * (f + b) for f, b in zip(frac[s], both[s])]
                                                     for s in subtasks], sum_of_means, run.seed, stratified=True)),
                "per_subtask": per_subtask,
+               # MME asks one yes and one no question per image: a yes share far from 0.5 is an answer bias
+               "yes_ratio": float(np.mean([parse_yes_no(r) == "yes" for r in replies])) if replies else None,
                "unpaired_images": sum(len(v) != 2 for v in per_image.values())}
     return write_results(out, rows, summary)
 
