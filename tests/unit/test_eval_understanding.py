@@ -46,7 +46,7 @@ def test_mme_acc_and_acc_plus_by_hand(tmp_path):
     assert summary["acc"]["value"] == 0.75 and summary["acc_plus"]["value"] == 0.5
     assert summary["per_subtask"]["existence"]["score"]["value"] == pytest.approx(125.0)
     assert summary["total_score"]["value"] == pytest.approx(125.0)
-    assert summary["yes_ratio"] == pytest.approx(3 / 4)  # replies Yes, No, Yes, Yes
+    assert summary["yes_ratio"]["value"] == pytest.approx(3 / 4)  # replies Yes, No, Yes, Yes (POPE's format)
     lines = (tmp_path / "out" / "existence.txt").read_text().splitlines()
     assert [line.split("\t") for line in lines] == [[*row, pred] for row, pred in zip(MME_LINES, ["Yes", "No", "Yes", "Yes"])]
 

@@ -198,7 +198,8 @@ def run_mme(run: Run, data: str | Path, out: str | Path) -> dict:
                                                     for s in subtasks], sum_of_means, run.seed, stratified=True)),
                "per_subtask": per_subtask,
                # MME asks one yes and one no question per image: a yes share far from 0.5 is an answer bias
-               "yes_ratio": float(np.mean([parse_yes_no(r) == "yes" for r in replies])) if replies else None,
+               "yes_ratio": number(*bootstrap_ci([[float(parse_yes_no(r) == "yes") for r in replies]], mean_of,
+                                                 run.seed)),
                "unpaired_images": sum(len(v) != 2 for v in per_image.values())}
     return write_results(out, rows, summary)
 
