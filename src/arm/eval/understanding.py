@@ -64,11 +64,16 @@ def normalize_answer(text: str) -> str:
     return " ".join(_NUMBERS.get(w, w) for w in words if w not in ("a", "an", "the"))
 
 
+def _human_answers(record: dict) -> list[str]:
+    """VQAv2's ten human answers of ``record``, normalised (plain strings or ``{"answer": ...}`` dicts)."""
+    return [normalize_answer(a["answer"] if isinstance(a, dict) else a) for a in record["answers"]]
+
+
 def vqa_accuracy(reply: str, record: dict) -> float:
     """VQAv2's accuracy with ten human answers, else exact match with the one answer."""
     pred = normalize_answer(reply)
     if "answers" in record:
-        humans = [normalize_answer(a["answer"] if isinstance(a, dict) else a) for a in record["answers"]]
+        humans = _human_answers(record)
         return float(np.mean([min(1.0, sum(h == pred for j, h in enumerate(humans) if j != i) / 3)
                               for i in range(len(humans))]))
     return float(pred == normalize_answer(record["answer"]))
@@ -77,8 +82,7 @@ def vqa_accuracy(reply: str, record: dict) -> float:
 def _truth(record: dict) -> str:
     """A record's reference answer, normalised: its one ``answer``, or the most frequent of VQAv2's ten."""
     if "answers" in record:
-        humans = [normalize_answer(a["answer"] if isinstance(a, dict) else a) for a in record["answers"]]
-        return Counter(humans).most_common(1)[0][0]
+        return Counter(_human_answers(record)).most_common(1)[0][0]
     return normalize_answer(record["answer"])
 
 
