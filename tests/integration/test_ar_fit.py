@@ -277,6 +277,31 @@ def test_code_factors_train_resume_and_export_folded(tiny_world, parts, tmp_path
                  code_colours=str(tmp_path / "missing.safetensors"))
 
 
+def test_inventory_head_trains_resumes_and_stays_out_of_the_export(tiny_world, parts, tmp_path):
+    """``model.inventory_weight`` switches the data's inventory targets on (linked by ``arm ar``), logs the loss and
+    the val accuracy, survives a kill/resume, and leaves the export a plain decoder."""
+    out = tmp_path / "inventory"
+    checkpointing = ["--trainer.enable_checkpointing", "true", "--trainer.callbacks+=ModelCheckpoint",
+                     f"--trainer.callbacks.dirpath={out / 'checkpoints'}", "--trainer.callbacks.save_last=true",
+                     "--trainer.callbacks.every_n_train_steps=2"]
+    common = [*checkpointing, "--model.inventory_weight", "1.0", "--model.val_generate", "0"]
+    first = _fit(_args(tiny_world, parts, out, *common, "--trainer.max_steps", "2", "--model.export", "false"))
+    assert first.datamodule.inventory and first.datamodule.stream("train").inventory
+    head = first.model.inventory_head.weight.detach().clone()
+    saved = torch.load(out / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)["state_dict"]
+    assert torch.equal(saved["inventory_head.weight"], head)
+    cli = _fit(_args(tiny_world, parts, out, *common, "--ckpt_path", "last"))
+    assert cli.trainer.global_step == 4
+    metrics = cli.trainer.callback_metrics
+    # 76 five-way counts from initialisation: the mean cross-entropy is near ln 5 and falls as the zeros are learnt
+    assert 0.0 < float(metrics["train/loss_inventory"]) < 2.0
+    assert 0.0 <= float(metrics["val/inventory_acc"]) <= 1.0 and float(metrics["val/loss_inventory"]) > 0.0
+    assert not torch.equal(cli.model.inventory_head.weight, head)  # resumed and kept training the head
+    from safetensors.torch import load_file
+
+    assert not any(k.startswith("inventory") for k in load_file(str(out / "ar" / "model.safetensors")))
+
+
 @needs_sampler
 def test_commands_on_the_tiny_export(tiny_world, parts, tmp_path, capsys):
     from arm.cli import main as arm

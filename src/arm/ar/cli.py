@@ -16,6 +16,7 @@ class ARCLI(ArmCLI):
     def add_arguments_to_parser(self, parser) -> None:
         parser.link_arguments("model.tokenizer_path", "data.tokenizer_path")
         parser.link_arguments("model.edit_layout", "data.edit_layout")
+        parser.link_arguments("model.inventory_weight", "data.inventory", compute_fn=lambda weight: weight > 0)
 
 
 def main(args: list[str] | None = None) -> int:

@@ -10,6 +10,10 @@ decay by default, linear warm-up then cosine decay (``arm.optim``), gradient cli
 With ``contrast_weight`` > 0, training adds ``contrast_weight * L_contrast`` (``arm.ar.contrast``; our addition;
 experiments/ar/shapeworld.yaml uses it on the colour words) and logs ``train/loss_contrast`` and
 ``train/contrast_gap``; with ``contrast_words`` set, validation logs ``val/contrast_gap`` (see the argument).
+With ``inventory_weight`` > 0 (our addition), a linear head on the hidden state of every image block's last code
+predicts that image's object inventory (``arm.data.shapeworld.inventory``), adding ``inventory_weight`` times its
+mean cross-entropy (``train/loss_inventory``, ``val/loss_inventory``, ``val/inventory_acc``: the share of images
+whose every count is right). The head is training-only: exports hold the decoder alone.
 
 Logged: ``train/loss``, ``train/loss_text``, ``train/loss_image``, ``train/loss_<task>`` (mean CE over the scored
 tokens of that task's sequences), ``train/tokens_per_s`` (real, unpadded tokens per wall second between steps,
@@ -53,6 +57,7 @@ import lightning as L
 import torch
 import torch.nn.functional as F
 from lightning.pytorch.utilities import rank_zero_info
+from torch import nn
 
 from arm.ar.contrast import contrast_loss, row_logprob, swap_table, swapped_negatives
 from arm.ar.model import ARConfig, ARDecoder, fold_code_factors
@@ -85,20 +90,22 @@ def tokenizer_export_info(directory: str) -> tuple[int, tuple[int, int]]:
 
 
 def token_nll(model: ARDecoder, ids: torch.Tensor, loss_mask: torch.Tensor,
-              condition_images: bool = False) -> dict[str, torch.Tensor]:
+              condition_images: bool = False, keep_hidden: bool = False) -> dict[str, torch.Tensor]:
     """Per-token cross-entropies of the scored tokens of right-padded sequences ``ids`` (B, T).
 
     Returns ``image`` / ``text`` (the NLLs of scored image / text targets, flat) and ``image_rows`` / ``text_rows``
     (the batch row of each). Heads are applied to the scored positions only. With ``condition_images`` also
     ``condition`` / ``condition_rows``: the NLLs of the image codes that are not scored, i.e. the codes of the
-    images a sequence reads (understanding images, edit sources), each predicted from what precedes it.
+    images a sequence reads (understanding images, edit sources), each predicted from what precedes it. With
+    ``keep_hidden`` also ``hidden``: the final hidden states (B, T-1, D) of ``ids[:, :-1]``.
     """
-    hidden = model(input_ids=ids[:, :-1]).flatten(0, 1)  # (B*(T-1), D); causal + right padding: no mask needed
+    hidden = model(input_ids=ids[:, :-1])  # (B, T-1, D); causal + right padding: no mask needed
+    out = {"hidden": hidden} if keep_hidden else {}
+    hidden = hidden.flatten(0, 1)
     targets, scored = ids[:, 1:].flatten(), loss_mask[:, 1:].flatten()  # (B*(T-1),)
     offset = model.config.image_token_offset
     is_image = targets >= offset
     width = ids.shape[1] - 1
-    out = {}
     groups = [("image", scored & is_image), ("text", scored & ~is_image)]
     if condition_images:
         groups.append(("condition", ~scored & is_image))
@@ -127,6 +134,8 @@ class ARModule(L.LightningModule):
         text_loss_weight: float = 1.0,
         image_loss_weight: float = 1.0,
         condition_image_weight: float = 0.0,
+        inventory_weight: float = 0.0,
+        inventory_images: str = "all",
         edit_layout: str = "source_first",
         lr: float = 1e-3,
         weight_decay: float = 0.0,
@@ -178,6 +187,12 @@ class ARModule(L.LightningModule):
                 twentieth session; the shipped YAML at 0.5, training seeds 0 / 1): val image perplexity 8.90 -> 7.93
                 / 8.92 -> 8.09, but GenEval -0.003 / +0.023, VQA +0.017 / -0.010, WISE +0.010 / +0.027 and GEdit's
                 instruction score SC -0.025 / -0.020 (-0.104 at 1.0): off in every YAML.
+            inventory_weight: weight of the inventory head's mean cross-entropy (see the module docstring; 0 =
+                off, no head). The data must carry each image's scene (ShapeWorld code shards do); ``arm ar``
+                switches ``data.inventory`` on with it. Our addition, aimed at the counting, existence and
+                two-object failures (experiments/LOG.md, twenty-sixth session).
+            inventory_images: which image blocks the inventory head reads: ``all``, or ``read`` (the images a
+                sequence reads: understanding images and edit sources, not the ones it draws).
             edit_layout: where an edit sequence's instruction goes: ``source_first`` (ARM's: source image,
                 instruction, target) or ``instruction_first`` (ours: instruction, source, target, so each target
                 code sits a fixed distance after its cell's source code; ``arm.ar.sequences``). ``arm ar`` passes
@@ -264,6 +279,10 @@ class ARModule(L.LightningModule):
         if not num_image_codes or grid is None:
             raise ValueError("the AR model needs the image codebook and grid: set model.tokenizer_export (or both "
                              "model.num_image_codes and model.image_grid)")
+        if inventory_images not in ("all", "read"):
+            raise ValueError(f"model.inventory_images must be 'all' or 'read', got {inventory_images!r}")
+        if inventory_weight < 0:
+            raise ValueError(f"model.inventory_weight must be >= 0 (0 = off), got {inventory_weight}")
         if condition_image_weight < 0:
             raise ValueError(f"model.condition_image_weight must be >= 0 (0 = off), got {condition_image_weight}")
         if min(contrast_weight, contrast_rows, contrast_start) < 0 or contrast_beta <= 0:
@@ -282,6 +301,7 @@ class ARModule(L.LightningModule):
         self.grid = grid
         self.builder = SequenceBuilder(self.tokenizer, self.layout, grid, edit_layout=edit_layout)
         self.model: ARDecoder | None = None
+        self.inventory_head: nn.Linear | None = None
         self._bundle = None
         self._eval_samples: list[dict] | None = None
         self._last_step_time: float | None = None
@@ -314,6 +334,13 @@ class ARModule(L.LightningModule):
                       else None)
             if levels is not None or self._code_colours is not None:
                 self.model.enable_code_factors(levels, self._code_colours)
+        if self.hparams.inventory_weight > 0 and self.inventory_head is None:
+            from arm.data.shapeworld.inventory import INVENTORY_BINS, INVENTORY_HEADS
+
+            if self.device_mesh is not None:
+                raise ValueError("model.inventory_weight is single-process only (its head is not sharded); set it "
+                                 "to 0 under ModelParallelStrategy")
+            self.inventory_head = nn.Linear(self.config.dim, INVENTORY_HEADS * INVENTORY_BINS)
         if self.device_mesh is not None:
             from arm.parallel import parallelize
 
@@ -359,8 +386,9 @@ class ARModule(L.LightningModule):
         B, K = ids.shape[0], negatives.shape[0]
         conditioned = hp.condition_image_weight > 0
         kinds = ("text", "image", "condition") if conditioned else ("text", "image")
+        inventory = self.inventory_head is not None
         nll = token_nll(self.model, torch.cat([ids, negatives]) if K else ids,
-                        torch.cat([mask, mask[pairs.to(mask.device)]]) if K else mask, conditioned)
+                        torch.cat([mask, mask[pairs.to(mask.device)]]) if K else mask, conditioned, inventory)
         if K:  # the negatives' rows take part in L_contrast only
             logp = row_logprob(nll, B + K)
             for kind in kinds:
@@ -370,6 +398,10 @@ class ARModule(L.LightningModule):
         loss = hp.text_loss_weight * means["text"] + hp.image_loss_weight * means["image"]
         if conditioned:
             loss = loss + hp.condition_image_weight * means["condition"]
+        if inventory:
+            means["inventory"], nll["inventory_right"], nll["inventory_n"] = self._inventory_loss(
+                batch, nll.pop("hidden")[:B])
+            loss = loss + hp.inventory_weight * means["inventory"]
         if K:
             means["contrast"], means["contrast_gap"] = contrast_loss(logp[pairs.to(logp.device)], logp[B:],
                                                                      hp.contrast_beta)
@@ -377,6 +409,27 @@ class ARModule(L.LightningModule):
             if self.training:
                 loss = loss + hp.contrast_weight * means["contrast"]
         return loss, means, nll
+
+    def _inventory_loss(self, batch: dict[str, Any], hidden: torch.Tensor
+                        ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(mean cross-entropy over every count of every image, images with every count right, images) from the
+        hidden states (B, T-1, D) at the batch's ``inventory_pos``."""
+        if "inventory_pos" not in batch:
+            raise ValueError("model.inventory_weight > 0 but the batch has no inventory targets: set "
+                             "data.inventory true (arm ar links it from model.inventory_weight)")
+        pos, counts = batch["inventory_pos"], batch["inventory"]  # (B, I), (B, I, H)
+        keep = pos >= 0
+        if self.hparams.inventory_images == "read":  # a drawn image's codes are scored, a read one's are not
+            keep &= ~batch["loss_mask"].gather(1, pos.clamp_min(0))
+        rows, slots = keep.nonzero(as_tuple=True)
+        h = hidden[rows, pos[rows, slots]]  # (N, D)
+        target = counts[rows, slots]  # (N, H)
+        logits = self.inventory_head(h).float().unflatten(1, (target.shape[1], -1))  # (N, H, bins)
+        # a batch without an image to count (e.g. "read" with text-to-image rows only) adds 0, not NaN
+        loss = F.cross_entropy(logits.flatten(0, 1), target.flatten()) if target.numel() else logits.sum()
+        with torch.no_grad():
+            right = (logits.argmax(-1) == target).all(dim=1).sum()
+        return loss, right, torch.tensor(target.shape[0], device=right.device)
 
     def _task_sums(self, batch: dict[str, Any], nll: dict) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
         """task -> (summed NLL, scored tokens) over the batch's rows of that task."""
@@ -414,7 +467,8 @@ class ARModule(L.LightningModule):
     # -------------------------------------------------------------------------------------- validation
 
     def on_validation_epoch_start(self) -> None:
-        names = ["text", "text_n", "image", "image_n"] + [f"{t}{s}" for t in TASKS for s in ("", "_n")]
+        names = ["text", "text_n", "image", "image_n", "inventory", "inventory_right", "inventory_n"]
+        names += [f"{t}{s}" for t in TASKS for s in ("", "_n")]
         self._val = {k: torch.zeros((), device=self.device, dtype=torch.float64) for k in names}
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
@@ -426,6 +480,10 @@ class ARModule(L.LightningModule):
         for kind in ("text", "image"):
             self._val[kind] += nll[kind].sum().double()
             self._val[f"{kind}_n"] += nll[kind].numel()
+        if "inventory" in means:
+            self._val["inventory"] += means["inventory"].double() * nll["inventory_n"]
+            self._val["inventory_right"] += nll["inventory_right"].double()
+            self._val["inventory_n"] += nll["inventory_n"].double()
         for task, (total, n) in self._task_sums(batch, nll).items():
             self._val[task] += total.double()
             self._val[f"{task}_n"] += n.double()
@@ -440,6 +498,9 @@ class ARModule(L.LightningModule):
         for task in TASKS:
             if totals[f"{task}_n"] > 0:
                 self.log(f"val/loss_{task}", (totals[task] / totals[f"{task}_n"]).float())
+        if totals["inventory_n"] > 0:
+            self.log("val/loss_inventory", (totals["inventory"] / totals["inventory_n"]).float())
+            self.log("val/inventory_acc", (totals["inventory_right"] / totals["inventory_n"]).float())
         if not self.trainer.sanity_checking:
             self._generation_metrics()
 
@@ -498,7 +559,10 @@ class ARModule(L.LightningModule):
 
     def configure_optimizers(self) -> dict[str, Any]:
         hp = self.hparams
-        return adamw_warmup_cosine(self.model.parameters(), hp.lr, hp.weight_decay, hp.betas, hp.warmup_steps,
+        params = list(self.model.parameters())
+        if self.inventory_head is not None:
+            params += list(self.inventory_head.parameters())
+        return adamw_warmup_cosine(params, hp.lr, hp.weight_decay, hp.betas, hp.warmup_steps,
                                    trainer_total_steps(self))
 
     def export_dir(self) -> str:

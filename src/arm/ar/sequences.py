@@ -188,12 +188,14 @@ def square_grid(num_codes: int) -> tuple[int, int]:
 @dataclass
 class Example:
     """One sequence: ``ids[:prompt_len]`` is the prompt; every later id is a loss target, unless ``targets``
-    (one flag per id, all False in the prompt) says which are (a dialogue's answers)."""
+    (one flag per id, all False in the prompt) says which are (a dialogue's answers). ``scenes`` (where the data
+    has them) is the scene json of each image block, in the order the blocks appear, for auxiliary targets."""
 
     ids: list[int]
     prompt_len: int
     task: str
     targets: list[bool] | None = None
+    scenes: list[dict] | None = None
 
     @property
     def prompt(self) -> list[int]:

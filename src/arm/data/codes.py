@@ -37,6 +37,7 @@ import torch
 import webdataset as wds
 
 from arm.ar.sequences import (
+    EOI,
     TASKS,
     ConditionDropout,
     Example,
@@ -91,11 +92,9 @@ def supported_tasks(sample: dict) -> list[str]:
     return [t for t in TASKS if has[t]]
 
 
-def task_example(builder: SequenceBuilder, sample: dict, task: str, seed: int, epoch: int,
-                 rng: random.Random | None = None, dropout: ConditionDropout | None = None,
-                 t2i_caption_prob: float = 0.0, understanding_turns: int = 1) -> Example:
-    """The ``task`` sequence of one code sample; ``rng`` (train) draws the t2i text, the condition dropout and,
-    with ``understanding_turns`` > 1, which questions a vqa / mme dialogue asks and in what order."""
+def _task_example(builder: SequenceBuilder, sample: dict, task: str, seed: int, epoch: int,
+                  rng: random.Random | None = None, dropout: ConditionDropout | None = None,
+                  t2i_caption_prob: float = 0.0, understanding_turns: int = 1) -> Example:
     meta, key, codes = sample["meta"], sample["key"], sample["codes"]
     if task == "t2i":
         prompt = (meta.get("geneval") or {}).get("prompt")
@@ -112,8 +111,43 @@ def task_example(builder: SequenceBuilder, sample: dict, task: str, seed: int, e
         return builder.caption(codes, meta["caption"])
     if task == "edit":
         drop_text, drop_image = dropout.draw(task, rng) if dropout and rng else (False, False)
-        return builder.edit(codes, meta["edit"]["instruction"], sample["edit_codes"], drop_text, drop_image)
+        example = builder.edit(codes, meta["edit"]["instruction"], sample["edit_codes"], drop_text, drop_image)
+        example.scenes = [] if drop_image else [meta.get("scene")]
+        example.scenes.append(meta["edit"].get("target_scene"))
+        return example
     raise ValueError(f"unknown task {task!r}; expected one of {list(TASKS)}")
+
+
+def task_example(builder: SequenceBuilder, sample: dict, task: str, seed: int, epoch: int,
+                 rng: random.Random | None = None, dropout: ConditionDropout | None = None,
+                 t2i_caption_prob: float = 0.0, understanding_turns: int = 1) -> Example:
+    """The ``task`` sequence of one code sample; ``rng`` (train) draws the t2i text, the condition dropout and,
+    with ``understanding_turns`` > 1, which questions a vqa / mme dialogue asks and in what order. The example's
+    ``scenes`` are the scene jsons of its image blocks (the sample's scene; an edit's source, unless dropped, and
+    its target scene)."""
+    example = _task_example(builder, sample, task, seed, epoch, rng, dropout, t2i_caption_prob, understanding_turns)
+    if example.scenes is None:
+        example.scenes = [sample["meta"].get("scene")]
+    return example
+
+
+def inventory_fields(example: Example, eoi_id: int, max_images: int = 2) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(positions (max_images,), counts (max_images, INVENTORY_HEADS))`` of an example's image blocks: the
+    position of each block's last code (the id before each ``<eoi>``; -1 pads) and its scene's inventory
+    (``arm.data.shapeworld.inventory``; 0 pads)."""
+    from arm.data.shapeworld.inventory import INVENTORY_HEADS, scene_inventory
+
+    ends = [p for p in range(len(example.ids) - 1) if example.ids[p + 1] == eoi_id]
+    scenes = example.scenes or []
+    if len(ends) != len(scenes) or len(ends) > max_images or any(s is None for s in scenes):
+        raise ValueError(f"{example.task} sequence with {len(ends)} image block(s) but {len(scenes)} scene(s) in "
+                         f"its json: the inventory loss needs each image's scene (set model.inventory_weight 0)")
+    positions = torch.full((max_images,), -1, dtype=torch.long)
+    counts = torch.zeros(max_images, INVENTORY_HEADS, dtype=torch.long)
+    for i, (end, scene) in enumerate(zip(ends, scenes)):
+        positions[i] = end
+        counts[i] = torch.tensor(scene_inventory(scene), dtype=torch.long)
+    return positions, counts
 
 
 class CodeStream(ShapeWorldStream):
@@ -129,6 +163,8 @@ class CodeStream(ShapeWorldStream):
         t2i_caption_prob: train t2i sequences use the caption instead of the GenEval-style prompt this often.
         understanding_turns: train vqa / mme sequences ask up to this many questions each (1 = one question).
         edit_layout: where an edit sequence's instruction goes (``arm.ar.sequences.EDIT_LAYOUTS``).
+        inventory: add each sequence's ``inventory_pos`` (2,) and ``inventory`` (2, heads) (``inventory_fields``),
+            the targets of ``ARModule(inventory_weight)``.
     """
 
     def __init__(self, shards: list[str], tokenizer_path: str, mixture: dict[str, float] | None = None,
@@ -136,7 +172,7 @@ class CodeStream(ShapeWorldStream):
                  shuffle_buffer: int = 1000, seed: int = 0, max_samples: int | None = None, rank: int | None = None,
                  world_size: int | None = None, bucket_pool: int = 16, max_len: int = 256,
                  t2i_caption_prob: float = 0.3, understanding_turns: int = 1,
-                 edit_layout: str = "source_first") -> None:
+                 edit_layout: str = "source_first", inventory: bool = False) -> None:
         # The parent's per-task image builders are not used: ``_built`` below replaces them.
         super().__init__(shards, "scene", batch_size, train, shuffle_buffer, seed, max_samples, rank, world_size)
         if bucket_pool < 1:
@@ -149,6 +185,7 @@ class CodeStream(ShapeWorldStream):
         self.t2i_caption_prob = t2i_caption_prob
         self.understanding_turns = check_turns(understanding_turns)
         self.edit_layout = check_edit_layout(edit_layout)
+        self.inventory = inventory
         self._builder: SequenceBuilder | None = None
 
     @property
@@ -197,13 +234,17 @@ class CodeStream(ShapeWorldStream):
         """Pool items in bucket order, each padded to its batch's width. Only the last batch of the whole stream
         can be short, so the stream's own cut every ``batch_size`` items falls on these batches."""
         pad = self.builder.tokenizer.pad_id
+        eoi = self.builder.layout.special_id(EOI)
         for batch in bucket_batches([len(e) for e, _ in pool], self.batch_size, rng):
             width = max(len(pool[i][0]) for i in batch)
             for i in batch:
                 example, key = pool[i]
                 ids, loss = example_tensors(example, width, pad)
-                yield {"ids": ids, "loss_mask": loss, "length": torch.tensor(len(example)), "task": example.task,
-                       "key": key}
+                item = {"ids": ids, "loss_mask": loss, "length": torch.tensor(len(example)), "task": example.task,
+                        "key": key}
+                if self.inventory:
+                    item["inventory_pos"], item["inventory"] = inventory_fields(example, eoi)
+                yield item
 
 
 class CodeDataModule(ShapeWorldDataModule):
@@ -228,6 +269,7 @@ class CodeDataModule(ShapeWorldDataModule):
         max_len: int = 256,
         seed: int = 0,
         val_samples: int | None = None,
+        inventory: bool = False,
     ) -> None:
         """
         Args:
@@ -255,6 +297,8 @@ class CodeDataModule(ShapeWorldDataModule):
             max_len: longest sequence kept (longer ones are skipped and counted).
             seed: seed of shard order, shuffling, task draws and dropout.
             val_samples: use only the first N val/test code samples (each gives one sequence per task).
+            inventory: give every sequence the object inventory of its images (``CodeStream``), the targets of
+                ``model.inventory_weight``; linked from it by ``arm ar`` (on when the weight is positive).
         """
         super().__init__(data_dir, train_shards, val_shards, test_shards, "scene", batch_size, num_workers,
                          shuffle_buffer, seed, val_samples)
@@ -266,6 +310,7 @@ class CodeDataModule(ShapeWorldDataModule):
         self.edit_layout = check_edit_layout(edit_layout)
         self.bucket_pool = bucket_pool
         self.max_len = max_len
+        self.inventory = inventory
 
     def shards(self, split: str) -> list[str]:
         try:
@@ -279,7 +324,7 @@ class CodeDataModule(ShapeWorldDataModule):
         return CodeStream(self.shards(split), self.tokenizer_path, self.mixture, self.dropout, self.batch_size,
                           train, self.shuffle_buffer, self.seed, None if train else self.val_samples, rank,
                           world_size, self.bucket_pool, self.max_len, self.t2i_caption_prob,
-                          self.understanding_turns, self.edit_layout)
+                          self.understanding_turns, self.edit_layout, self.inventory)
 
     def eval_samples(self, split: str = "val", num: int = 64) -> list[dict]:
         """The first ``num`` code samples of a split, decoded (``decode_code_sample``), for generation metrics."""
