@@ -118,7 +118,8 @@ def benchmark_summary(eval_dir: Path) -> dict:
         m = block.get(key) or {}
         return {"value": m.get("value"), "ci95": m.get("ci95")}
 
-    geneval, wise, gedit, vqa, mme = (read(p) for p in ("geneval", "wise", "gedit", "vqa", "mme"))
+    geneval, wise, gedit, vqa, mme, caption = (read(p) for p in ("geneval", "wise", "gedit", "vqa", "mme", "caption"))
+    generated = caption.get("generated") or {}
     return {
         "geneval": {"overall": metric(geneval, "overall")["value"], "ci95": metric(geneval, "overall")["ci95"],
                     "per_tag": {k: v.get("value") for k, v in geneval.get("per_tag", {}).items()}},
@@ -131,6 +132,8 @@ def benchmark_summary(eval_dir: Path) -> dict:
                                for k, v in gedit.get("per_type", {}).items()}},
         "vqa": {"accuracy": metric(vqa, "accuracy")["value"], "ci95": metric(vqa, "accuracy")["ci95"]},
         "mme": {"acc": metric(mme, "acc")["value"], "acc_plus": metric(mme, "acc_plus")["value"]},
+        # the model's own captions against the scenes (arm.eval.understanding), where the bench holds them
+        "caption": {"object_f1": metric(generated, "object_f1")["value"], "exact": metric(generated, "exact")["value"]},
         "seconds": read(".").get("seconds", {}),  # per protocol, from `arm eval all`'s own OUT/summary.json
         # seen / held-out compositions apart (arm.eval.heldout), from the same file
         "heldout": {k: {part: v[part]["value"] for part in ("seen", "heldout")}

@@ -1,5 +1,5 @@
 """An AR export behind the eval harness: ``arm eval all --ckpt <export>`` end to end, determinism, the prompt
-formats of ``answer`` / ``loglikelihood``, one-line errors, and ``arm figures cfg-grid``.
+formats of ``answer`` / ``loglikelihood`` / ``describe``, one-line errors, and ``arm figures cfg-grid``.
 
 The export is the randomly initialised tiny one of ``test_rl_fit`` (nothing is trained; see ``export`` for its
 pixel decoder); the bench is a 4-scene
@@ -16,11 +16,14 @@ import numpy as np
 import pytest
 import torch
 
+from arm.ar.commands import _text_prefix
+from arm.ar.eval_model import MAX_CAPTION_TOKENS
 from arm.ar.module import ARModule, load_ar_bundle, save_ar, validation_sampling
 from arm.cli import main as arm
 from arm.data.shapeworld.render import decode_png
+from arm.data.shapeworld.text import caption_objects
 from arm.data.shapeworld.writer import write_world
-from arm.eval.understanding import CAPTION_QUESTION
+from arm.eval.understanding import CAPTION_OBJECT_KEYS, CAPTION_QUESTION, caption_object_scores
 from arm.tokenizer.model import load_tokenizer, save_tokenizer
 from tests.integration.test_rl_fit import sft_export  # noqa: F401  (the tiny export fixture)
 
@@ -104,6 +107,14 @@ def test_eval_all_layouts_stamps_and_determinism(export, bench, tiny_world, tmp_
     assert len(replies) == 3 and all(r == r.strip().lower().rstrip(".").strip() for r in replies)
     captions = [json.loads(line) for line in (tmp_path / "a" / "caption" / "results.jsonl").read_text().splitlines()]
     assert all(np.isfinite(c["loglikelihood"]) and c["loglikelihood"] < 0 for c in captions)
+    # The bench's captions carry their scenes, so the model's own captions are scored against them.
+    records = [json.loads(line) for line in (tmp_path / "a" / "caption" / "data" / "captions.jsonl").read_text(
+        ).splitlines()[:3]]
+    for row, record in zip(captions, records):
+        claimed = [(c, k) for _, c, k in caption_objects(row["generated"])]
+        present = [(o["color"], o["class"]) for o in record["scene"]["objects"]]
+        assert {k: row[k] for k in CAPTION_OBJECT_KEYS} == caption_object_scores(claimed, present)
+    assert first["caption"]["object_f1"]["value"] == pytest.approx(np.mean([c["object_f1"] for c in captions]))
 
     # The same seed draws byte-identical images (generated, edited); another seed draws other ones.
     _eval(export, bench, tmp_path / "b")
@@ -141,6 +152,16 @@ def test_formats_settings_and_errors(export, bench, tmp_path):
     caption = builder.caption(codes[0], "two stars")
     expected = [_sequence_logprob(decoder, ex.ids, ex.prompt_len) for ex in (vqa, caption)]
     assert ll == pytest.approx(expected, abs=1e-4)
+    # describe: the greedy <caption> sequence (KV cache), re-derived token by token by plain full forwards.
+    ids = prompt = builder.caption_prompt(codes[0])
+    for _ in range(min(MAX_CAPTION_TOKENS, decoder.config.max_seq_len - len(prompt))):
+        with torch.no_grad():
+            token = int(decoder.text_logits(decoder(input_ids=torch.tensor([ids]))[0, -1]).argmax())
+        if token == builder.eos:
+            break
+        ids = [*ids, token]
+    assert model.describe([image]) == [builder.tokenizer.decode(_text_prefix(ids[len(prompt):],
+                                                                             builder.tokenizer.vocab_size)).strip()]
     # n images per prompt, prompt-major; batch_size 2 splits the 4 rows into two sampler calls.
     drawn = model.generate(["a red circle", "a blue star"], 2, seed=1)
     assert [len(x) for x in drawn] == [2, 2] and drawn[0][0].dtype == np.uint8 and drawn[0][0].shape == (64, 64, 3)

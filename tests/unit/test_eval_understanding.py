@@ -1,4 +1,5 @@
-"""VQA, MME, POPE and caption perplexity against numbers computed by hand on tiny files in the real formats."""
+"""VQA, MME, POPE, caption perplexity and generated captions against numbers computed by hand on tiny files in the
+real formats."""
 
 import json
 import math
@@ -10,6 +11,7 @@ from arm.data.shapeworld.scene import Scene
 from arm.eval.common import Run
 from arm.eval.interface import DummyModel
 from arm.eval.understanding import (
+    caption_object_scores,
     normalize_answer,
     parse_yes_no,
     pope_reply,
@@ -132,3 +134,50 @@ def test_caption_perplexity_by_hand(tmp_path):
     nbytes = sum(len(c.encode()) for c in captions)
     assert summary["word_perplexity"]["value"] == pytest.approx(math.exp(0.5))
     assert summary["byte_perplexity"]["value"] == pytest.approx(math.exp(0.5 * words / nbytes))
+
+
+def test_caption_object_scores_by_hand():
+    red, blue = ("red", "circle"), ("blue", "star")
+    assert caption_object_scores([red, red], [red, blue]) == {
+        "object_precision": 0.5, "object_recall": 0.5, "object_f1": 0.5, "exact": 0.0, "count_exact": 1.0}
+    assert caption_object_scores([red, blue], [blue, red]) == {
+        "object_precision": 1.0, "object_recall": 1.0, "object_f1": 1.0, "exact": 1.0, "count_exact": 1.0}
+    assert caption_object_scores([], []) == {
+        "object_precision": 1.0, "object_recall": 1.0, "object_f1": 1.0, "exact": 1.0, "count_exact": 1.0}
+    assert caption_object_scores([], [red])["object_precision"] == 0.0
+    assert caption_object_scores([blue], [])["object_recall"] == 0.0
+
+
+def test_generated_captions_scored_against_the_scene(tmp_path):
+    """Three images of one small red circle: described right, described with an extra star, not described (the
+    dummy's `wrong` caption comes back empty); per image F1 1, 2/3 and 0 by hand."""
+    write_images(tmp_path, ("one", "two", "three"))
+    scenes = [{"objects": [{"class": "circle", "color": "red", "size": "small",
+                            "bbox": [4 + 10 * i, 8, 18 + 10 * i, 22]}], "background": "gray", "resolution": 64}
+              for i in range(3)]
+    captions = ["A picture of a small red circle on the left.",
+                "There are two shapes: a little red circle on the left and a big blue star at the top.",
+                "a red circle"]
+    rows = [{"id": n, "image": f"images/{n}.png", "caption": c, "scene": sc}
+            for n, c, sc in zip(("one", "two", "three"), captions, scenes)]
+    (tmp_path / "captions.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    summary = run_caption(Run(DummyModel(wrong=[captions[2]]), progress=False), tmp_path / "captions.jsonl",
+                          tmp_path / "out")
+    generated = summary["generated"]
+    assert generated["records"] == 3
+    assert generated["object_f1"]["value"] == pytest.approx((1 + 2 / 3 + 0) / 3)
+    assert summary["object_f1"] == generated["object_f1"]
+    assert generated["object_precision"]["value"] == pytest.approx((1 + 0.5 + 0) / 3)
+    assert generated["object_recall"]["value"] == pytest.approx((1 + 1 + 0) / 3)
+    assert generated["exact"]["value"] == pytest.approx(1 / 3)
+    assert generated["count_exact"]["value"] == pytest.approx(1 / 3)
+    results = [json.loads(line) for line in (tmp_path / "out" / "results.jsonl").read_text().splitlines()]
+    assert [r["generated"] for r in results] == [*captions[:2], ""]
+    assert [r["object_f1"] for r in results] == pytest.approx([1, 2 / 3, 0])
+
+
+def test_captions_without_scenes_score_perplexity_only(tmp_path):
+    write_images(tmp_path, ("one",))
+    (tmp_path / "captions.jsonl").write_text(json.dumps({"id": 0, "image": "images/one.png", "caption": "x"}) + "\n")
+    summary = run_caption(Run(DummyModel(), progress=False), tmp_path / "captions.jsonl", tmp_path / "out")
+    assert "generated" not in summary and "object_f1" not in summary

@@ -227,6 +227,32 @@ def test_captions_name_every_object():
             assert scene.background in cap
 
 
+def test_caption_objects_read_back_every_scene_exactly():
+    """The parser inverts the caption grammar: for fresh scenes (every layout, the counting one included) and
+    wordings, the objects read back are the scene's, as (size, colour, class) multisets."""
+    seed = random.randrange(10**6)
+    scenes = [scene_for(seed, split, i) for split in ("train", "test") for i in range(300)]
+    layouts = set()
+    for i, scene in enumerate(scenes):
+        cap = text.caption(scene, random.Random(seed + i))
+        layouts.add(":" in cap and "shapes:" not in cap and "right:" not in cap)
+        want = sorted((o.size, o.color, o.cls) for o in scene.objects)
+        assert sorted(text.caption_objects(cap)) == want, (seed, cap)
+    assert layouts == {True, False}  # both the counting layout and the others were read
+
+
+def test_caption_objects_by_hand():
+    cap = ("The background is khaki. Three crosses: a small red one at the top, a big blue one on the left and a "
+           "little red one in the centre. The red cross is above the blue cross.")
+    assert text.caption_objects(cap) == [("small", "red", "cross"), ("large", "blue", "cross"),
+                                         ("small", "red", "cross")]
+    cap = "An image of a big pink star in the middle. There is a little white circle at the top. The star is below it."
+    assert text.caption_objects(cap) == [("large", "pink", "star"), ("small", "white", "circle")]
+    # back-references, a bare "one" with no counting head, and words outside the grammar claim nothing
+    assert text.caption_objects("The red circle is left of the blue square. A small green one. a red hexagon") == []
+    assert text.caption_objects("An empty gray background.") == []
+
+
 # ------------------------------------------------------------------------------------------------ VQA
 
 

@@ -72,6 +72,17 @@ def answer_questions(model, builder, codes: Sequence[Sequence[int]], questions: 
     return [builder.tokenizer.decode(_text_prefix(ids, builder.tokenizer.vocab_size)).strip() for ids in new]
 
 
+def describe_images(model, builder, codes: Sequence[Sequence[int]], max_new_tokens: int = 128) -> list[str]:
+    """Greedy captions of the images ``codes`` from the ``<caption>`` prompt (the captioning sequence the model
+    trains on), each at most ``max_new_tokens`` tokens, or fewer where the context is shorter."""
+    prompts = [builder.caption_prompt(c) for c in codes]
+    room = model.config.max_seq_len - max((len(p) for p in prompts), default=0)
+    if room < 1:
+        _check_context(model, prompts, 1)  # raises, naming the prompt length and the context
+    new = _sampling("generate_text")(model, prompts, min(max_new_tokens, room), builder.eos)
+    return [builder.tokenizer.decode(_text_prefix(ids, builder.tokenizer.vocab_size)).strip() for ids in new]
+
+
 def _text_prefix(ids: Sequence[int], text_vocab: int) -> list[int]:
     """``ids`` up to the first one that is not text: a special token (<boi> ...) ends an answer, never its text."""
     ids = list(ids)

@@ -47,6 +47,7 @@ import torch
 
 from arm.ar.commands import (
     answer_questions,
+    describe_images,
     edit_codes,
     generate_codes,
     normalize_answer,
@@ -63,6 +64,8 @@ EDIT_FALLBACKS = {"edit_temperature": "temperature", "edit_decoder_cfg": "decode
 """Edit settings that an export written before them lacks: such an export edits as it draws from text."""
 MAX_ANSWER_TOKENS = 16
 """New tokens of a greedy answer: validation's ``answer_accuracy`` uses ``answer_questions``' default, 16."""
+MAX_CAPTION_TOKENS = 128
+"""New tokens of a greedy caption: the world's captions are 28 tokens on average (the demo's BPE), 4 objects at most."""
 
 
 def _caption_question() -> str:
@@ -159,6 +162,15 @@ class AREvalModel(EvalModel):
             replies = answer_questions(self.bundle.model, self.bundle.builder, codes[start: start + size],
                                        questions[start: start + size], self.settings["max_new_tokens"])
             out += [normalize_answer(r) for r in replies]
+        return out
+
+    @torch.no_grad()
+    def describe(self, images: Sequence[Image]) -> list[str]:
+        """Greedy ``<caption>`` sequences (up to ``MAX_CAPTION_TOKENS`` tokens): what the model says it sees."""
+        codes, size, out = self.encode_images(images), self.settings["answer_batch_size"], []
+        for start in range(0, len(codes), size):
+            out += describe_images(self.bundle.model, self.bundle.builder, codes[start: start + size],
+                                   MAX_CAPTION_TOKENS)
         return out
 
     @torch.no_grad()

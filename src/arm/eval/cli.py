@@ -29,7 +29,7 @@ HEADLINES = {
     "vqa": ("accuracy", "per_type", "prior_accuracy", "top_replies"),
     "mme": ("acc", "acc_plus", "total_score", "yes_ratio"),
     "pope": ("accuracy", "precision", "recall", "f1", "yes_ratio"),
-    "caption": ("word_perplexity", "byte_perplexity"),
+    "caption": ("word_perplexity", "byte_perplexity", "object_f1", "generated"),
 }
 
 

@@ -6,7 +6,7 @@ read the real ones.
 - POPE: POPE asks "Is there a <object> in the image?" with balanced yes/no labels; ``bench/vqa.jsonl``'s
   ``exists`` questions are exactly that, so they become POPE lines ``{question_id, image, text, label}``.
 - Captions: the world's test shards hold each scene's caption; the first ``limit`` become ``{id, image,
-  caption}`` lines with their images written beside them.
+  caption, scene}`` lines with their images written beside them (the scene scores generated captions).
 GenEval's, WISE's (JSON lines instead of a JSON list: the reader takes both) and GEdit's files need no
 conversion.
 """
@@ -59,6 +59,7 @@ def captions_from_world(world_dir: str | Path, out_dir: str | Path, limit: int =
     for s in samples:
         key = s["meta"]["key"]
         write_png(out_dir / "images" / f"{key}.png", s["image"])
-        rows.append({"id": key, "image": f"images/{key}.png", "caption": s["meta"]["caption"]})
+        rows.append({"id": key, "image": f"images/{key}.png", "caption": s["meta"]["caption"],
+                     "scene": s["meta"].get("scene")})
     write_jsonl(out_dir / "captions.jsonl", rows)
     return out_dir / "captions.jsonl"

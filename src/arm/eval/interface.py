@@ -9,8 +9,13 @@ Like lm-evaluation-harness's ``LM`` class, a model is four calls, batched, on pl
 - ``loglikelihood(images, questions, answers) -> [float]``      summed log-probability (nats) of each answer
   given its image and question (caption perplexity)
 
-``prepare(task, examples)`` is called by each protocol before it asks anything, with the records' ground truth
-where the files hold it; real models ignore it, and the ``DummyModel`` builds its answers from it.
+and a fifth with a default, ``describe(images) -> [str]``, a free description of each image (generated captions,
+scored against the scene); by default it is ``answer`` to ``CAPTION_QUESTION``, which a model with a captioning
+prompt of its own overrides (ours: the ``<caption>`` sequence, long enough for a whole scene).
+
+``prepare(task, examples)`` (task: generate, edit, answer or describe) is called by each protocol before it asks
+anything, with the records' ground truth where the files hold it; real models ignore it, and the ``DummyModel``
+builds its answers from it.
 """
 
 from __future__ import annotations
@@ -55,6 +60,12 @@ class EvalModel(ABC):
     @abstractmethod
     def loglikelihood(self, images: Sequence[Image], questions: Sequence[str], answers: Sequence[str]) -> list[float]: ...
 
+    def describe(self, images: Sequence[Image]) -> list[str]:
+        """A caption of each image; by default the reply to ``arm.eval.understanding.CAPTION_QUESTION``."""
+        from arm.eval.understanding import CAPTION_QUESTION
+
+        return self.answer(images, [CAPTION_QUESTION] * len(images))
+
 
 def _image_key(image: Image) -> str:
     return hashlib.sha1(np.ascontiguousarray(image, np.uint8).tobytes()).hexdigest()
@@ -68,7 +79,8 @@ class DummyModel(EvalModel):
     has no truth for, and every prompt, instruction or question listed in ``wrong``, get a wrong output
     instead: a blank ``blank_background`` image, the source image unchanged, or a wrong answer (the opposite of
     yes/no, otherwise ``"none"``). ``loglikelihood`` gives ``word_logprob`` per whitespace-separated word, so
-    caption perplexity per word is ``exp(-word_logprob)``.
+    caption perplexity per word is ``exp(-word_logprob)``. ``describe`` returns an image's ground-truth
+    ``caption``, or ``""`` (nothing seen) where it has none or that caption is listed in ``wrong``.
     """
 
     def __init__(self, wrong: Collection[str] = (), resolution: int = 64, blank_background: str = DEFAULT_BACKGROUND,
@@ -80,6 +92,7 @@ class DummyModel(EvalModel):
         self.scenes: dict[str, dict] = {}
         self.targets: dict[tuple[str, str], dict] = {}
         self.answers: dict[tuple[str, str], str] = {}
+        self.captions: dict[str, str] = {}
 
     def prepare(self, task: str, examples: Sequence[Mapping]) -> None:
         for ex in examples:
@@ -89,6 +102,8 @@ class DummyModel(EvalModel):
                 self.targets[(ex["instruction"], _image_key(ex["image"]))] = ex["target"]
             elif task == "answer" and ex.get("answer") is not None:
                 self.answers[(ex["question"], _image_key(ex["image"]))] = str(ex["answer"])
+            elif task == "describe" and ex.get("caption") is not None:
+                self.captions[_image_key(ex["image"])] = str(ex["caption"])
 
     def _blank(self) -> Image:
         return render(Scene(objects=[], background=self.blank_background, resolution=self.resolution))
@@ -122,6 +137,10 @@ class DummyModel(EvalModel):
 
     def loglikelihood(self, images: Sequence[Image], questions: Sequence[str], answers: Sequence[str]) -> list[float]:
         return [self.word_logprob * len(a.split()) for a in answers]
+
+    def describe(self, images: Sequence[Image]) -> list[str]:
+        captions = [self.captions.get(_image_key(image), "") for image in images]
+        return ["" if c in self.wrong else c for c in captions]
 
 
 class ARCheckpointModel(EvalModel):
@@ -160,6 +179,10 @@ class ARCheckpointModel(EvalModel):
 
     def loglikelihood(self, images, questions, answers):
         return self.inner.loglikelihood(list(images), list(questions), list(answers))
+
+    def describe(self, images):
+        inner = getattr(self.inner, "describe", None)
+        return inner(list(images)) if inner is not None else super().describe(images)
 
 
 def load_model(ckpt: str, wrong: Collection[str] = (), settings: Mapping | None = None) -> EvalModel:

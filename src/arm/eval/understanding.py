@@ -24,6 +24,13 @@
 - Caption perplexity: records with ``image`` and ``caption``; ``loglikelihood`` of each caption given its image
   and ``CAPTION_QUESTION``; perplexity per word (whitespace-separated) and per UTF-8 byte, exp(-sum log p / sum
   units): units that do not depend on any model's tokenizer, as lm-evaluation-harness reports them.
+- Generated captions (our addition; captioning benchmarks such as COCO score what a model writes, where we score
+  it exactly instead of by n-gram overlap with references): where the records also hold the ShapeWorld ``scene``,
+  each image is described by the model (``EvalModel.describe``), the objects the caption claims are read back by
+  ``arm.data.shapeworld.text.caption_objects`` (exact on the world's own captions), and compared with the scene's
+  as multisets of (colour, class): per image precision, recall and F1 (2 matches / (claimed + present); an empty
+  caption of an empty scene is 1), ``exact`` (the multisets equal) and ``count_exact`` (as many objects claimed as
+  present). Sizes and places are not scored. Simplification: a caption outside the world's grammar claims nothing.
 """
 
 from __future__ import annotations
@@ -259,7 +266,40 @@ def _perplexity(loglik: np.ndarray, units: np.ndarray, axis: int = -1) -> np.nda
     return np.exp(-np.sum(loglik, axis=axis) / np.sum(units, axis=axis))
 
 
+def caption_object_scores(claimed: list[tuple[str, str]], present: list[tuple[str, str]]) -> dict[str, float]:
+    """Precision, recall, F1, exact and count_exact of the (colour, class) objects a caption ``claimed`` against
+    those ``present`` in the scene, as multisets (see the module docstring)."""
+    matched = sum((Counter(claimed) & Counter(present)).values())
+    both = len(claimed) + len(present)
+    return {"object_precision": matched / len(claimed) if claimed else float(not present),
+            "object_recall": matched / len(present) if present else float(not claimed),
+            "object_f1": 2 * matched / both if both else 1.0,
+            "exact": float(Counter(claimed) == Counter(present)),
+            "count_exact": float(len(claimed) == len(present))}
+
+
+CAPTION_OBJECT_KEYS = ("object_f1", "object_precision", "object_recall", "exact", "count_exact")
+
+
+def _generated_captions(run: Run, data: Path, records: list[dict]) -> tuple[list[dict], dict]:
+    """Per record the model's caption and its object scores, and their summary (``CAPTION_OBJECT_KEYS``)."""
+    from arm.data.shapeworld.scene import Scene
+    from arm.data.shapeworld.text import caption_objects
+
+    rows = []
+    for chunk in tqdm(list(batched(records)), desc="caption (generated)", unit="batch", disable=not run.progress):
+        images = [load_image(data.parent, r["image"]) for r in chunk]
+        run.model.prepare("describe", [{"image": im, "caption": r["caption"]} for r, im in zip(chunk, images)])
+        for record, said in zip(chunk, run.model.describe(images)):
+            present = [(o.color, o.cls) for o in Scene.from_json(record["scene"]).objects]
+            claimed = [(colour, cls) for _, colour, cls in caption_objects(said)]
+            rows.append({"generated": said, **caption_object_scores(claimed, present)})
+    summary = {key: number(*bootstrap_ci([[r[key] for r in rows]], mean_of, run.seed)) for key in CAPTION_OBJECT_KEYS}
+    return rows, {"records": len(rows), **summary}
+
+
 def run_caption(run: Run, data: str | Path, out: str | Path) -> dict:
+    """Caption perplexity of the references, and, where the records hold scenes, the model's own captions scored."""
     data, out = Path(data), Path(out)
     records = read_records(data, run.limit)
     loglik: list[float] = []
@@ -278,4 +318,8 @@ def run_caption(run: Run, data: str | Path, out: str | Path) -> dict:
                "word_perplexity": number(*bootstrap_ci([ll, words], _perplexity, run.seed, paired=True)),
                "byte_perplexity": number(*bootstrap_ci([ll, nbytes], _perplexity, run.seed, paired=True)),
                "mean_loglikelihood_per_word": number(*bootstrap_ci([ll / words], mean_of, run.seed))}
+    if records and all(r.get("scene") is not None for r in records):
+        generated, summary["generated"] = _generated_captions(run, data, records)
+        summary["object_f1"] = summary["generated"]["object_f1"]
+        rows = [{**row, **extra} for row, extra in zip(rows, generated)]
     return write_results(out, rows, summary)

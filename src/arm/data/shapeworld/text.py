@@ -18,6 +18,7 @@ train-split text cannot leak one. Every function is a pure function of its scene
 from __future__ import annotations
 
 import random
+import re
 
 from arm.data.shapeworld.geneval import (
     GENEVAL_TAG_COUNTS,
@@ -50,8 +51,8 @@ from arm.data.shapeworld.world import (
 
 __all__ = [
     # here
-    "caption", "vqa_questions", "mme_pair", "all_texts", "region", "location_phrase", "VQA_TYPES", "MME_SUFFIX",
-    "MME_CATEGORIES", "REGION_NAMES", "LOCATION_PHRASES", "TEXT_KEYS",
+    "caption", "caption_objects", "vqa_questions", "mme_pair", "all_texts", "region", "location_phrase", "VQA_TYPES",
+    "MME_SUFFIX", "MME_CATEGORIES", "REGION_NAMES", "LOCATION_PHRASES", "TEXT_KEYS",
     # re-exported, so that ``text`` is the one module the shard writer needs
     "GENEVAL_TAGS", "GENEVAL_TAG_COUNTS", "HELDOUT_TAGS", "GenevalSpec", "geneval_record", "geneval_prompt",
     "geneval_requirements", "geneval_record_for_scene", "sample_geneval_record", "geneval_benchmark",
@@ -173,6 +174,34 @@ def caption(scene: Scene, rng: random.Random) -> str:
     if bg_sentence:
         sentences.insert(rng.randrange(2) * len(sentences), bg_sentence)
     return " ".join(sentences)
+
+
+_SIZE_OF = {word: size for size, words in SIZE_WORDS.items() for word in words}
+_PLURAL_OF = {plural(c): c for c in CLASSES}
+_ARTICLE = r"\b(?:a|an) "
+_SIZE, _COLOUR = "(" + "|".join(_SIZE_OF) + ")", "(" + "|".join(COLORS) + ")"
+_DESCRIBED = re.compile(_ARTICLE + _SIZE + " " + _COLOUR + " (" + "|".join(CLASSES) + r")\b", re.IGNORECASE)
+_COUNTED = re.compile(_ARTICLE + _SIZE + " " + _COLOUR + r" one\b", re.IGNORECASE)
+_COUNT_HEAD = re.compile(r"\b(?:" + "|".join(NUMBER_WORDS.values()) + ") (" + "|".join(_PLURAL_OF) + "):",
+                         re.IGNORECASE)
+
+
+def caption_objects(text: str) -> list[tuple[str, str, str]]:
+    """The objects a caption in ``caption``'s grammar describes, as ``(size, colour, class)`` in text order.
+
+    Every object ``caption`` describes is an article, a size word, a colour and a class ("a little red star"), or,
+    in the counting layout ("Three circles: a small red one ..., ..."), the same with "one" for the class named by
+    the nearest preceding "<number> <plural>:". References back ("the circle", "the red circle" in a relation
+    sentence) and the background sentence are not objects. So for every caption ``caption`` writes the result is
+    its scene's objects exactly (tested); for a model's caption it is what the model claims to see, which
+    ``arm.eval.understanding`` scores against the scene."""
+    found = [(m.start(), (_SIZE_OF[m[1].lower()], m[2].lower(), m[3].lower())) for m in _DESCRIBED.finditer(text)]
+    heads = [(m.start(), _PLURAL_OF[m[1].lower()]) for m in _COUNT_HEAD.finditer(text)]
+    for m in _COUNTED.finditer(text):
+        named = [cls for at, cls in heads if at < m.start()]
+        if named:  # "a small red one" with no counting head before it names no class: not an object
+            found.append((m.start(), (_SIZE_OF[m[1].lower()], m[2].lower(), named[-1])))
+    return [obj for _, obj in sorted(found)]
 
 
 # ------------------------------------------------------------------------------------------------- VQA
