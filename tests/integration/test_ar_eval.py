@@ -16,8 +16,7 @@ import numpy as np
 import pytest
 import torch
 
-from arm.ar.commands import _text_prefix
-from arm.ar.eval_model import MAX_CAPTION_TOKENS
+from arm.ar.commands import MAX_CAPTION_TOKENS, _text_prefix
 from arm.ar.module import ARModule, load_ar_bundle, save_ar, validation_sampling
 from arm.cli import main as arm
 from arm.data.shapeworld.render import decode_png

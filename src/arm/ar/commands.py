@@ -69,10 +69,15 @@ def answer_questions(model, builder, codes: Sequence[Sequence[int]], questions: 
     _check_context(model, prompts, max_new_tokens)
     kwargs = {} if config is None else {"config": config}
     new = _sampling("generate_text")(model, prompts, max_new_tokens, builder.eos, generator=generator, **kwargs)
-    return [builder.tokenizer.decode(_text_prefix(ids, builder.tokenizer.vocab_size)).strip() for ids in new]
+    return _decode_replies(builder, new)
 
 
-def describe_images(model, builder, codes: Sequence[Sequence[int]], max_new_tokens: int = 128) -> list[str]:
+MAX_CAPTION_TOKENS = 128
+"""New tokens of a greedy caption: the world's captions are 28 tokens on average (the demo's BPE), 4 objects at most."""
+
+
+def describe_images(model, builder, codes: Sequence[Sequence[int]],
+                    max_new_tokens: int = MAX_CAPTION_TOKENS) -> list[str]:
     """Greedy captions of the images ``codes`` from the ``<caption>`` prompt (the captioning sequence the model
     trains on), each at most ``max_new_tokens`` tokens, or fewer where the context is shorter."""
     prompts = [builder.caption_prompt(c) for c in codes]
@@ -80,6 +85,11 @@ def describe_images(model, builder, codes: Sequence[Sequence[int]], max_new_toke
     if room < 1:
         _check_context(model, prompts, 1)  # raises, naming the prompt length and the context
     new = _sampling("generate_text")(model, prompts, min(max_new_tokens, room), builder.eos)
+    return _decode_replies(builder, new)
+
+
+def _decode_replies(builder, new: Sequence[Sequence[int]]) -> list[str]:
+    """The text of each row of generated ids, up to its first non-text id, stripped."""
     return [builder.tokenizer.decode(_text_prefix(ids, builder.tokenizer.vocab_size)).strip() for ids in new]
 
 

@@ -64,8 +64,6 @@ EDIT_FALLBACKS = {"edit_temperature": "temperature", "edit_decoder_cfg": "decode
 """Edit settings that an export written before them lacks: such an export edits as it draws from text."""
 MAX_ANSWER_TOKENS = 16
 """New tokens of a greedy answer: validation's ``answer_accuracy`` uses ``answer_questions``' default, 16."""
-MAX_CAPTION_TOKENS = 128
-"""New tokens of a greedy caption: the world's captions are 28 tokens on average (the demo's BPE), 4 objects at most."""
 
 
 def _caption_question() -> str:
@@ -166,11 +164,10 @@ class AREvalModel(EvalModel):
 
     @torch.no_grad()
     def describe(self, images: Sequence[Image]) -> list[str]:
-        """Greedy ``<caption>`` sequences (up to ``MAX_CAPTION_TOKENS`` tokens): what the model says it sees."""
+        """Greedy ``<caption>`` sequences (``describe_images``): what the model says it sees."""
         codes, size, out = self.encode_images(images), self.settings["answer_batch_size"], []
         for start in range(0, len(codes), size):
-            out += describe_images(self.bundle.model, self.bundle.builder, codes[start: start + size],
-                                   MAX_CAPTION_TOKENS)
+            out += describe_images(self.bundle.model, self.bundle.builder, codes[start: start + size])
         return out
 
     @torch.no_grad()

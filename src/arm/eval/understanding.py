@@ -281,31 +281,29 @@ def caption_object_scores(claimed: list[tuple[str, str]], present: list[tuple[st
 CAPTION_OBJECT_KEYS = ("object_f1", "object_precision", "object_recall", "exact", "count_exact")
 
 
-def _generated_captions(run: Run, data: Path, records: list[dict]) -> tuple[list[dict], dict]:
-    """Per record the model's caption and its object scores, and their summary (``CAPTION_OBJECT_KEYS``)."""
+def _caption_scores(said: str, scene: dict) -> dict:
+    """The model's caption ``said`` with its object scores against the scene json (``CAPTION_OBJECT_KEYS``)."""
     from arm.data.shapeworld.scene import Scene
     from arm.data.shapeworld.text import caption_objects
 
-    rows = []
-    for chunk in tqdm(list(batched(records)), desc="caption (generated)", unit="batch", disable=not run.progress):
-        images = [load_image(data.parent, r["image"]) for r in chunk]
-        run.model.prepare("describe", [{"image": im, "caption": r["caption"]} for r, im in zip(chunk, images)])
-        for record, said in zip(chunk, run.model.describe(images)):
-            present = [(o.color, o.cls) for o in Scene.from_json(record["scene"]).objects]
-            claimed = [(colour, cls) for _, colour, cls in caption_objects(said)]
-            rows.append({"generated": said, **caption_object_scores(claimed, present)})
-    summary = {key: number(*bootstrap_ci([[r[key] for r in rows]], mean_of, run.seed)) for key in CAPTION_OBJECT_KEYS}
-    return rows, {"records": len(rows), **summary}
+    present = [(o.color, o.cls) for o in Scene.from_json(scene).objects]
+    claimed = [(colour, cls) for _, colour, cls in caption_objects(said)]
+    return {"generated": said, **caption_object_scores(claimed, present)}
 
 
 def run_caption(run: Run, data: str | Path, out: str | Path) -> dict:
     """Caption perplexity of the references, and, where the records hold scenes, the model's own captions scored."""
     data, out = Path(data), Path(out)
     records = read_records(data, run.limit)
+    scored = bool(records) and all(r.get("scene") is not None for r in records)
     loglik: list[float] = []
+    generated: list[dict] = []
     for chunk in tqdm(list(batched(records)), desc="caption", unit="batch", disable=not run.progress):
         images = [load_image(data.parent, r["image"]) for r in chunk]
         loglik.extend(run.model.loglikelihood(images, [CAPTION_QUESTION] * len(chunk), [r["caption"] for r in chunk]))
+        if scored:
+            run.model.prepare("describe", [{"image": im, "caption": r["caption"]} for r, im in zip(chunk, images)])
+            generated += [_caption_scores(said, r["scene"]) for r, said in zip(chunk, run.model.describe(images))]
     words = np.array([max(len(r["caption"].split()), 1) for r in records], float)
     nbytes = np.array([max(len(r["caption"].encode()), 1) for r in records], float)
     ll = np.array(loglik, float)
@@ -318,8 +316,9 @@ def run_caption(run: Run, data: str | Path, out: str | Path) -> dict:
                "word_perplexity": number(*bootstrap_ci([ll, words], _perplexity, run.seed, paired=True)),
                "byte_perplexity": number(*bootstrap_ci([ll, nbytes], _perplexity, run.seed, paired=True)),
                "mean_loglikelihood_per_word": number(*bootstrap_ci([ll / words], mean_of, run.seed))}
-    if records and all(r.get("scene") is not None for r in records):
-        generated, summary["generated"] = _generated_captions(run, data, records)
+    if scored:
+        summary["generated"] = {"records": len(generated), **{
+            key: number(*bootstrap_ci([[g[key] for g in generated]], mean_of, run.seed)) for key in CAPTION_OBJECT_KEYS}}
         summary["object_f1"] = summary["generated"]["object_f1"]
         rows = [{**row, **extra} for row, extra in zip(rows, generated)]
     return write_results(out, rows, summary)
