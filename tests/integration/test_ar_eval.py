@@ -16,7 +16,8 @@ import numpy as np
 import pytest
 import torch
 
-from arm.ar.commands import MAX_CAPTION_TOKENS, _text_prefix
+from arm.ar.commands import MAX_CAPTION_TOKENS, _text_prefix, normalize_answer
+from arm.ar.eval_model import MAX_ANSWER_TOKENS
 from arm.ar.module import ARModule, load_ar_bundle, save_ar, validation_sampling
 from arm.cli import main as arm
 from arm.data.shapeworld.render import decode_png
@@ -161,6 +162,27 @@ def test_formats_settings_and_errors(export, bench, tmp_path):
         ids = [*ids, token]
     assert model.describe([image]) == [builder.tokenizer.decode(_text_prefix(ids[len(prompt):],
                                                                              builder.tokenizer.vocab_size)).strip()]
+    # think=1: the same caption, then the question after it, answered greedily: re-derived by full forwards.
+    thinking = load_for_eval(str(export), think=1)
+    caption_text = model.describe([image])[0]
+    # A caption longer than the context leaves for the question and the answer is cut to fit.
+    room = decoder.config.max_seq_len - MAX_ANSWER_TOKENS - len(builder.vqa_prompt(codes[0], "What shape is it?")) - 2
+    caption_ids = builder.tokenizer.encode(caption_text)
+    if len(caption_ids) > room:
+        caption_text = builder.tokenizer.decode(caption_ids[:room])
+    ids = prompt = builder.vqa_prompt(codes[0], "What shape is it?", caption_text)
+    assert len(prompt) + MAX_ANSWER_TOKENS <= decoder.config.max_seq_len
+    for _ in range(MAX_ANSWER_TOKENS):
+        with torch.no_grad():
+            token = int(decoder.text_logits(decoder(input_ids=torch.tensor([ids]))[0, -1]).argmax())
+        if token == builder.eos:
+            break
+        ids = [*ids, token]
+    reply = builder.tokenizer.decode(_text_prefix(ids[len(prompt):], builder.tokenizer.vocab_size))
+    assert thinking.answer([image], ["What shape is it?"]) == [normalize_answer(reply)]
+    assert thinking.settings["think"] == 1 and model.settings["think"] == 0
+    with pytest.raises(ValueError, match="think is 0"):
+        load_for_eval(str(export), think=2)
     # n images per prompt, prompt-major; batch_size 2 splits the 4 rows into two sampler calls.
     drawn = model.generate(["a red circle", "a blue star"], 2, seed=1)
     assert [len(x) for x in drawn] == [2, 2] and drawn[0][0].dtype == np.uint8 and drawn[0][0].shape == (64, 64, 3)

@@ -320,6 +320,17 @@ def test_commands_on_the_tiny_export(tiny_world, parts, tmp_path, capsys):
     capsys.readouterr()
     assert arm(["ask", "--ckpt", ckpt, "--image", str(image), "--question", "What color is the circle?"]) == 0
     assert capsys.readouterr().out.endswith("\n")
+    # --think: the greedy caption on stderr, then the answer asked after it, as the eval harness's think=1 asks.
+    assert arm(["ask", "--ckpt", ckpt, "--image", str(image), "--question", "What color is the circle?",
+                "--think", "--max-new-tokens", "16"]) == 0
+    printed = capsys.readouterr()
+    from arm.ar.commands import load_for_eval
+    from arm.data.shapeworld.render import decode_png
+
+    model = load_for_eval(ckpt, think=1)
+    pixels = decode_png(image.read_bytes())
+    assert printed.err == f"thought: {model.describe([pixels])[0]}\n"
+    assert printed.out.strip().lower().rstrip(".").strip() == model.answer([pixels], ["What color is the circle?"])[0]
     # One-line errors through the `arm` entry point: too long a prompt, a missing image.
     assert arm(["generate", "--ckpt", ckpt, "--prompt", "red " * 300, "--out", str(tmp_path / "x")]) == 2
     err = capsys.readouterr().err

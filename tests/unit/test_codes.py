@@ -127,6 +127,75 @@ def test_understanding_turns_ask_several_questions_in_train_only(tiny_world, cod
         CodeDataModule(str(tiny_world / "tokenizer.json"), data_dir=str(codes), understanding_turns=0)
 
 
+def test_existence_pairs_turn_existence_draws_into_contrast_pairs(tiny_world, codes):
+    plain = _stream(tiny_world, codes, mixture={"vqa": 1.0})
+    paired = _stream(tiny_world, codes, mixture={"vqa": 1.0}, existence_pairs=1.0)
+    builder = paired.builder
+    answer_id = builder.layout.special_id("<answer>")
+    raws = [r for r in wds.tarfile_samples([{"url": s} for s in paired.shards]) if "codes.npy" in r]
+    n_pairs = 0
+    for raw in raws:
+        meta = json.loads(raw["json"])
+        for epoch in range(2):
+            (one,) = plain.examples(raw, epoch)
+            asked = builder.tokenizer.decode([i for i in one.ids if i < builder.layout.text_vocab_size])
+            item = next(i for i in meta["vqa"] if i["question"] in asked)
+            got = paired.examples(raw, epoch)
+            if item["type"] != "exists":  # other questions: the very sequence the plain stream builds
+                assert len(got) == 1 and got[0].ids == one.ids
+                continue
+            n_pairs += 1
+            assert len(got) == 2 and all(e.task == "vqa" and e.ids.count(answer_id) == 1 for e in got)
+            image_end = one.ids.index(builder.layout.special_id("<eoi>")) + 1
+            texts = []
+            for e in got:  # the same image block as the plain sequence; only the question and answer differ
+                assert e.ids[:image_end] == one.ids[:image_end]
+                texts.append(builder.tokenizer.decode([i for i in e.ids if i < builder.layout.text_vocab_size]))
+            assert sorted(t.rsplit("?", 1)[1].strip().removesuffix("<|endoftext|>").strip() for t in texts) == \
+                ["no", "yes"], texts
+    assert n_pairs > 0
+    # Val is unchanged; bad settings say what to change.
+    val = [b["ids"] for b in _stream(tiny_world, codes, "val", mixture={"vqa": 1.0}, existence_pairs=1.0)]
+    assert all(torch.equal(a, b) for a, b in zip(val, [b["ids"] for b in _stream(tiny_world, codes, "val",
+                                                                                   mixture={"vqa": 1.0})]))
+    with pytest.raises(ValueError, match="existence_pairs is a probability"):
+        _stream(tiny_world, codes, existence_pairs=1.5)
+    with pytest.raises(ValueError, match="understanding_turns 1"):
+        CodeDataModule(str(tiny_world / "tokenizer.json"), data_dir=str(codes), existence_pairs=0.5,
+                       understanding_turns=2)
+
+
+def test_think_prob_puts_the_caption_before_the_question(tiny_world, codes):
+    mixture = {"vqa": 0.5, "mme": 0.5}
+    plain, thinking = _stream(tiny_world, codes, mixture=mixture), _stream(tiny_world, codes, mixture=mixture,
+                                                                           think_prob=1.0)
+    half = _stream(tiny_world, codes, mixture=mixture, think_prob=0.5)
+    builder = thinking.builder
+    raws = [r for r in wds.tarfile_samples([{"url": s} for s in thinking.shards]) if "codes.npy" in r]
+    with_thought = 0
+    for raw in raws:
+        meta, sample = json.loads(raw["json"]), decode_code_sample(raw)
+        for epoch in range(2):
+            (one,) = plain.examples(raw, epoch)
+            (got,) = thinking.examples(raw, epoch)
+            # The caption sequence of the sample's own caption, then the very question and answer asked plainly.
+            said = builder.caption(sample["codes"], meta["caption"]).ids
+            image_end = one.ids.index(builder.layout.special_id("<eoi>")) + 1
+            assert got.ids == [*said, *one.ids[image_end:]] and got.task == one.task
+            assert len(got.ids) - got.prompt_len == len(one.ids) - one.prompt_len  # only the answer is scored
+            (mixed,) = half.examples(raw, epoch)
+            with_thought += mixed.ids != one.ids
+            assert mixed.ids in (one.ids, got.ids)
+    assert 0.3 < with_thought / (2 * len(raws)) < 0.7
+    val = [b["ids"] for b in _stream(tiny_world, codes, "val", mixture=mixture, think_prob=1.0)]
+    assert all(torch.equal(a, b) for a, b in zip(val, [b["ids"] for b in _stream(tiny_world, codes, "val",
+                                                                                   mixture=mixture)]))
+    with pytest.raises(ValueError, match="think_prob is a probability"):
+        _stream(tiny_world, codes, think_prob=-0.1)
+    with pytest.raises(ValueError, match="understanding_turns 1"):
+        CodeDataModule(str(tiny_world / "tokenizer.json"), data_dir=str(codes), think_prob=0.5, understanding_turns=3)
+
+
 def test_val_is_deterministic_and_has_every_task(tiny_world, codes):
     first, second = list(_stream(tiny_world, codes, "val")), list(_stream(tiny_world, codes, "val"))
     assert all(torch.equal(a["ids"], b["ids"]) for a, b in zip(first, second)) and len(first) == len(second)

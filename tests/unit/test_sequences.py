@@ -76,6 +76,10 @@ def test_understanding_and_caption(builder):
     cap = builder.caption(CODES, "a red circle")
     assert cap.ids == [1, *image, CAP, 2, 3, 4, 1] and cap.prompt_len == 10
     assert builder.caption_prompt(CODES) == [1, *image, CAP]
+    # Describe, then answer: the caption sequence whole, then the question; only the answer is scored.
+    thought = builder.understanding(CODES, "what colour", "red", thought="a red circle")
+    assert thought.ids == [*cap.ids, 5, 6, ANS, 3, 1] and thought.prompt_len == len(cap.ids) + 3
+    assert builder.vqa_prompt(CODES, "what colour", "a red circle") == [*cap.ids, 5, 6, ANS]
 
 
 def test_dialogue_scores_every_answer_and_starts_as_one_question(builder):

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import random
 import re
+from collections import Counter
 
 import pytest
 
@@ -339,6 +340,43 @@ def test_vqa_answers_hold_on_world_scenes():
                 yes += q["answer"] == "yes"
                 no += q["answer"] == "no"
     assert 0.35 < yes / (yes + no) < 0.65
+
+
+def test_existence_pairs_contrast_one_word_on_world_scenes():
+    seed = random.randrange(10**6)  # fresh scenes each run; the seed is in the failure message
+    swaps, held = Counter(), 0
+    for i, scene in enumerate(scene_for(seed, "train", j) for j in range(300)):
+        pair = text.existence_pair(scene, random.Random(i))
+        if pair is None:
+            assert not scene.objects, (seed, i)  # a hard negative exists for every non-empty scene
+            continue
+        assert sorted(q["answer"] for q in pair) == ["no", "yes"], (seed, pair)
+        for q in pair:
+            assert set(q) == {"question", "answer", "type"} and q["type"] == "exists"
+            check_vqa(q, scene)  # the answers hold on the scene by the bench's own reading
+        yes, no = (q["question"].split() for q in sorted(pair, key=lambda q: q["answer"] != "yes"))
+        diff = [(a, b) for a, b in zip(yes, no) if a != b]
+        # One template: the questions differ in the thing's one word (and in its article, "a" / "an").
+        assert len(yes) == len(no) and len([d for d in diff if d[0] not in ("a", "an")]) == 1, (seed, pair)
+        (a, b), = [d for d in diff if d[0] not in ("a", "an")]
+        swaps["colour" if a.lower() in COLORS else "class"] += 1
+        held += any(f"{k} {c}" in " ".join(no) for k, c in HELDOUT_COLOR_SHAPE)
+    assert held == 0 and swaps["colour"] > 30 and swaps["class"] > 30, (seed, swaps)
+
+
+def test_existence_pair_by_hand():
+    scene = Scene([obj("circle", "red", (2, 2, 16, 16))])
+    seen = set()
+    for s in range(60):
+        pair = text.existence_pair(scene, random.Random(s))
+        by_answer = {q["answer"]: q["question"] for q in pair}
+        assert re.search(r"\ba (red )?circle\b", by_answer["yes"]), pair
+        seen.add(re.sub(r"^(Is there|Does the image contain|Can you see) |( in the image)?\?$", "", by_answer["no"]))
+    # Negatives: red with another class, a circle of another colour, or another class alone; never the circle.
+    assert not seen & {"a red circle", "a circle"}
+    assert any(n.startswith("a red ") for n in seen) and any(n.endswith(" circle") for n in seen)
+    assert any(n in {"a square", "a triangle", "a diamond", "a cross", "a star"} for n in seen)
+    assert text.existence_pair(Scene([]), random.Random(0)) is None
 
 
 # ------------------------------------------------------------------------------------------------ MME

@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import re
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -63,9 +64,23 @@ def edit_codes(model, builder, sources: Sequence[Sequence[int]], instructions: S
 
 
 def answer_questions(model, builder, codes: Sequence[Sequence[int]], questions: Sequence[str],
-                     max_new_tokens: int = 16, config=None, generator=None) -> list[str]:
-    """Decoded answers to ``questions`` about the images ``codes`` (greedy unless ``config`` says otherwise)."""
-    prompts = [builder.vqa_prompt(c, q) for c, q in zip(codes, questions)]
+                     max_new_tokens: int = 16, config=None, generator=None, think: bool = False,
+                     thoughts: Sequence[str] | None = None) -> list[str]:
+    """Decoded answers to ``questions`` about the images ``codes`` (greedy unless ``config`` says otherwise).
+    ``think``: describe, then answer: each image's greedy caption (``describe_images``, or ``thoughts`` where
+    given) goes before its question (``SequenceBuilder.understanding(thought=...)``), cut to the context left for
+    the question and the answer."""
+    if think and thoughts is None:
+        thoughts = describe_images(model, builder, codes)
+    cut: list[str | None] = [None] * len(codes)
+    if think:
+        cut = []
+        for c, q, caption in zip(codes, questions, thoughts):
+            direct = len(builder.vqa_prompt(c, q)) + 2  # + <caption> ... <eos>
+            room = max(model.config.max_seq_len - max_new_tokens - direct, 0)
+            ids = builder.tokenizer.encode(caption)
+            cut.append(caption if len(ids) <= room else builder.tokenizer.decode(ids[:room]))
+    prompts = [builder.vqa_prompt(c, q, t) for c, q, t in zip(codes, questions, cut)]
     _check_context(model, prompts, max_new_tokens)
     kwargs = {} if config is None else {"config": config}
     new = _sampling("generate_text")(model, prompts, max_new_tokens, builder.eos, generator=generator, **kwargs)
@@ -192,6 +207,9 @@ def add_parsers(sub: argparse._SubParsersAction, formatter: type[argparse.HelpFo
     ask.add_argument("--image", required=True, help="input image (PNG)")
     ask.add_argument("--question", required=True)
     ask.add_argument("--max-new-tokens", type=int, default=32)
+    ask.add_argument("--think", action="store_true",
+                     help="describe the image first (greedy caption, printed to stderr), then answer after it; for "
+                          "a model trained with data.think_prob > 0")
     for parser, temperature in ((gen, 1.0), (edit, 1.0), (ask, 0.0)):
         parser.add_argument("--ckpt", required=True, help="AR export folder (arm ar fit writes <root>/ar)")
         parser.add_argument("--temperature", type=float, default=temperature, help="0 = greedy")
@@ -293,7 +311,11 @@ def run(ns: argparse.Namespace) -> int:
         if ns.command == "ask":
             codes = tok.encode(read_image(ns.image, tok.image_size).to(ns.device))[0].tolist()
             config = SamplingConfig(temperature=ns.temperature, top_k=ns.top_k, top_p=ns.top_p)
-            answer = answer_questions(model, builder, [codes], [ns.question], ns.max_new_tokens, config, generator)[0]
+            thoughts = describe_images(model, builder, [codes]) if ns.think else None
+            if thoughts:
+                print(f"thought: {thoughts[0]}", file=sys.stderr)
+            answer = answer_questions(model, builder, [codes], [ns.question], ns.max_new_tokens, config, generator,
+                                      ns.think, thoughts)[0]
             print(answer)
             return 0
         out = Path(ns.out)

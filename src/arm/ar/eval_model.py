@@ -9,7 +9,9 @@ through the same inference helpers as ``arm generate|edit|ask`` and ARModule's v
   with two-branch guidance (text scale ``text_cfg``, image scale ``image_cfg``).
 - ``answer(images, questions)``: greedy decoding on the VQA format the model trains on (``<eos> IMAGE QUESTION
   <answer> |``), at most ``max_new_tokens``, normalised as validation's ``vqa_acc`` normalises (lower case, no
-  final full stop), so an answer the model learned reads exactly as the training answer.
+  final full stop), so an answer the model learned reads exactly as the training answer. With ``think=1``
+  (``--sampling think=1``; for a model trained with ``data.think_prob``) each image is first described greedily
+  and the question asked after that caption (``answer_questions(think=True)``): describe, then answer.
 - ``loglikelihood(images, questions, answers)``: summed log-probability of ``ANSWER <eos>`` (the scored part of a
   training sequence) after the VQA prompt; for the caption protocol's question the caption prompt (``<eos> IMAGE
   <caption> |``) is used, since that is how the model learned to caption.
@@ -158,7 +160,8 @@ class AREvalModel(EvalModel):
         codes, size, out = self.encode_images(images), self.settings["answer_batch_size"], []
         for start in range(0, len(codes), size):
             replies = answer_questions(self.bundle.model, self.bundle.builder, codes[start: start + size],
-                                       questions[start: start + size], self.settings["max_new_tokens"])
+                                       questions[start: start + size], self.settings["max_new_tokens"],
+                                       think=bool(self.settings["think"]))
             out += [normalize_answer(r) for r in replies]
         return out
 
@@ -191,7 +194,7 @@ PRECISIONS = ("fp32", "bf16")
 
 
 def load_for_eval(path: str, *, device: str = "cpu", batch_size: int = 64, answer_batch_size: int = 64,
-                  max_new_tokens: int = MAX_ANSWER_TOKENS, precision: str = "fp32",
+                  max_new_tokens: int = MAX_ANSWER_TOKENS, precision: str = "fp32", think: int = 0,
                   **sampling: float | int | None) -> AREvalModel:
     """The AR export at ``path`` as an ``AREvalModel``.
 
@@ -204,7 +207,8 @@ def load_for_eval(path: str, *, device: str = "cpu", batch_size: int = 64, answe
     AR export on 2 cores, GenEval with one image per prompt: 42.4 s against 47.4 / 53.3 / 50.1 s at 32 / 16 / 128,
     same scores);
     ``answer_batch_size``: rows per answer / log-likelihood batch; ``precision``: ``fp32`` or ``bf16`` (image
-    sampling and decoding under bf16 autocast; see the module docstring).
+    sampling and decoding under bf16 autocast; see the module docstring); ``think``: 1 = describe, then answer
+    (``answer``; see the module docstring), 0 = answer directly.
     """
     unknown = sorted(set(sampling) - set(SAMPLING_KEYS))
     if unknown:
@@ -215,6 +219,8 @@ def load_for_eval(path: str, *, device: str = "cpu", batch_size: int = 64, answe
                         ("max_new_tokens", max_new_tokens)):
         if value < 1:
             raise ValueError(f"{name} must be >= 1, got {value}")
+    if think not in (0, 1):
+        raise ValueError(f"think is 0 (answer directly) or 1 (describe, then answer), got {think!r}")
     bundle = load_ar_bundle(path, device)
     stored = bundle.meta.get("sampling")
     given = {**(stored or {}), **{k: v for k, v in sampling.items() if v is not None}}
@@ -228,7 +234,7 @@ def load_for_eval(path: str, *, device: str = "cpu", batch_size: int = 64, answe
     settings.update(source="export" if stored else "ARModule defaults (the export holds none)",
                     answer="greedy", max_new_tokens=max_new_tokens, batch_size=batch_size,
                     answer_batch_size=answer_batch_size, device=str(device), input_resize="bicubic",
-                    precision=precision)
+                    precision=precision, think=int(think))
     return AREvalModel(bundle, path, settings)
 
 

@@ -15,6 +15,7 @@ suffix)::
 
     t2i       <eos> TEXT <boi> <hH> <wW> | CODES <eoi>
     vqa, mme  <eos> <boi> <hH> <wW> CODES <eoi> QUESTION <answer> | ANSWER <eos>
+    thought   <eos> <boi> <hH> <wW> CODES <eoi> <caption> THOUGHT <eos> QUESTION <answer> | ANSWER <eos>
     dialogue  <eos> <boi> <hH> <wW> CODES <eoi> Q1 <answer> | A1 <eos> Q2 <answer> A2 <eos> ...
     caption   <eos> <boi> <hH> <wW> CODES <eoi> <caption> | CAPTION <eos>
     edit      <eos> <boi> <hH> <wW> SRC <eoi> INSTRUCTION <boi> <hH> <wW> | TARGET <eoi>     (edit_layout "source_first")
@@ -261,9 +262,13 @@ class SequenceBuilder:
         return self._example(prompt, done, "t2i")
 
     def understanding(self, codes: Sequence[int], question: str, answer: str | None = None,
-                      task: str = "vqa") -> Example:
-        """``<eos> IMAGE QUESTION <answer> | ANSWER <eos>`` (``task`` is "vqa" or "mme", for per-task logs)."""
-        prompt = [self.eos, *self.image_block(codes), *self._text(question), self.layout.special_id(ANSWER)]
+                      task: str = "vqa", thought: str | None = None) -> Example:
+        """``<eos> IMAGE QUESTION <answer> | ANSWER <eos>`` (``task`` is "vqa" or "mme", for per-task logs). With a
+        ``thought`` (a caption of the image), the caption sequence comes first and the question follows it:
+        ``<eos> IMAGE <caption> THOUGHT <eos> QUESTION <answer> | ANSWER <eos>``, describe-then-answer, scored on
+        the answer only (``arm.data.codes``' ``think_prob``; the sampler's ``answer_questions(think=True)``)."""
+        said = [] if thought is None else [self.layout.special_id(CAPTION), *self._text(thought), self.eos]
+        prompt = [self.eos, *self.image_block(codes), *said, *self._text(question), self.layout.special_id(ANSWER)]
         return self._example(prompt, None if answer is None else [*self._text(answer), self.eos], task)
 
     def dialogue(self, codes: Sequence[int], turns: Sequence[tuple[str, str]], task: str = "vqa") -> Example:
@@ -318,8 +323,8 @@ class SequenceBuilder:
         return (self.edit_prompt(source, instruction), self.edit_prompt(source, instruction, drop_text=True),
                 self.edit_prompt(source, instruction, drop_text=True, drop_image=True))
 
-    def vqa_prompt(self, codes: Sequence[int], question: str) -> list[int]:
-        return self.understanding(codes, question).prompt
+    def vqa_prompt(self, codes: Sequence[int], question: str, thought: str | None = None) -> list[int]:
+        return self.understanding(codes, question, thought=thought).prompt
 
     def caption_prompt(self, codes: Sequence[int]) -> list[int]:
         return self.caption(codes).prompt

@@ -9,7 +9,14 @@ sequences (``arm.ar.sequences``) instead of image samples:
 - train: one task per sample and epoch, drawn with the mixture weights from the tasks the sample supports
   (renormalised), seeded by ``(seed, epoch, key)``; condition dropout (CFG) drawn the same way. With
   ``understanding_turns`` > 1 a vqa or mme sequence asks up to that many of the sample's questions of that task,
-  in a drawn order, as one dialogue (``SequenceBuilder.dialogue``).
+  in a drawn order, as one dialogue (``SequenceBuilder.dialogue``). With ``existence_pairs`` p > 0, a vqa draw
+  whose question is an existence question becomes, with probability p, two sequences on that image: an existence
+  question about a present thing and one about a hard negative differing in one word
+  (``arm.data.shapeworld.text.existence_pair``), answered yes and no. Two sequences, not one dialogue, so that the
+  second answer cannot be read off the first (in a pair they are always opposite). With ``think_prob`` q > 0, a
+  one-question vqa / mme sequence carries, with probability q, the sample's caption before its question
+  (``SequenceBuilder.understanding(thought=...)``): describe, then answer, as ``--sampling think=1`` asks at
+  evaluation with the model's own caption.
 - val / test: every task with a positive weight, for every sample, without dropout, each choice (which VQA
   question, which MME question, which t2i text) fixed by ``(seed, key)``: the same sequences every time.
 
@@ -70,6 +77,45 @@ def check_turns(understanding_turns: int) -> int:
     return understanding_turns
 
 
+def check_probability(name: str, value: float) -> float:
+    if not 0.0 <= value <= 1.0:
+        raise ValueError(f"{name} is a probability in [0, 1], got {value}")
+    return float(value)
+
+
+def check_existence_pairs(existence_pairs: float, understanding_turns: int) -> float:
+    check_probability("existence_pairs", existence_pairs)
+    if existence_pairs > 0 and understanding_turns > 1:
+        raise ValueError("existence_pairs replaces one-question vqa sequences; set understanding_turns 1 with it "
+                         f"(got {understanding_turns})")
+    return float(existence_pairs)
+
+
+def check_think(think_prob: float, understanding_turns: int) -> float:
+    check_probability("think_prob", think_prob)
+    if think_prob > 0 and understanding_turns > 1:
+        raise ValueError("think_prob describes the image before one question; set understanding_turns 1 with it "
+                         f"(got {understanding_turns})")
+    return float(think_prob)
+
+
+def existence_pair_examples(builder: SequenceBuilder, sample: dict, rng: random.Random) -> list[Example] | None:
+    """Two vqa sequences on a code sample's image: an existence question about a present thing and one about a hard
+    negative (``arm.data.shapeworld.text.existence_pair``); None where the sample's json has no scene or no
+    negative applies."""
+    from arm.data.shapeworld.scene import Scene
+    from arm.data.shapeworld.text import existence_pair
+
+    scene = sample["meta"].get("scene")
+    pair = existence_pair(Scene.from_json(scene), rng) if scene else None
+    if pair is None:
+        return None
+    examples = [builder.understanding(sample["codes"], r["question"], r["answer"], "vqa") for r in pair]
+    for example in examples:
+        example.scenes = [scene]
+    return examples
+
+
 def _npy(data: bytes) -> np.ndarray:
     return np.load(io.BytesIO(data), allow_pickle=False).astype(np.int64)
 
@@ -94,7 +140,7 @@ def supported_tasks(sample: dict) -> list[str]:
 
 def _task_example(builder: SequenceBuilder, sample: dict, task: str, seed: int, epoch: int,
                   rng: random.Random | None = None, dropout: ConditionDropout | None = None,
-                  t2i_caption_prob: float = 0.0, understanding_turns: int = 1) -> Example:
+                  t2i_caption_prob: float = 0.0, understanding_turns: int = 1, think_prob: float = 0.0) -> Example:
     meta, key, codes = sample["meta"], sample["key"], sample["codes"]
     if task == "t2i":
         prompt = (meta.get("geneval") or {}).get("prompt")
@@ -106,7 +152,9 @@ def _task_example(builder: SequenceBuilder, sample: dict, task: str, seed: int, 
             items = rng.sample(meta[task], min(understanding_turns, len(meta[task])))
             return builder.dialogue(codes, [(i["question"], str(i["answer"])) for i in items], task)
         item = meta[task][pick_index(len(meta[task]), seed, key, epoch, task)]
-        return builder.understanding(codes, item["question"], str(item["answer"]), task)
+        think = think_prob > 0 and rng is not None and rng.random() < think_prob and bool(meta.get("caption"))
+        return builder.understanding(codes, item["question"], str(item["answer"]), task,
+                                     meta["caption"] if think else None)
     if task == "caption":
         return builder.caption(codes, meta["caption"])
     if task == "edit":
@@ -120,12 +168,14 @@ def _task_example(builder: SequenceBuilder, sample: dict, task: str, seed: int, 
 
 def task_example(builder: SequenceBuilder, sample: dict, task: str, seed: int, epoch: int,
                  rng: random.Random | None = None, dropout: ConditionDropout | None = None,
-                 t2i_caption_prob: float = 0.0, understanding_turns: int = 1) -> Example:
-    """The ``task`` sequence of one code sample; ``rng`` (train) draws the t2i text, the condition dropout and,
-    with ``understanding_turns`` > 1, which questions a vqa / mme dialogue asks and in what order. The example's
+                 t2i_caption_prob: float = 0.0, understanding_turns: int = 1, think_prob: float = 0.0) -> Example:
+    """The ``task`` sequence of one code sample; ``rng`` (train) draws the t2i text, the condition dropout,
+    with ``understanding_turns`` > 1 which questions a vqa / mme dialogue asks and in what order, and with
+    ``think_prob`` whether a one-question sequence carries the caption before its question. The example's
     ``scenes`` are the scene jsons of its image blocks (the sample's scene; an edit's source, unless dropped, and
     its target scene)."""
-    example = _task_example(builder, sample, task, seed, epoch, rng, dropout, t2i_caption_prob, understanding_turns)
+    example = _task_example(builder, sample, task, seed, epoch, rng, dropout, t2i_caption_prob, understanding_turns,
+                            think_prob)
     if example.scenes is None:
         example.scenes = [sample["meta"].get("scene")]
     return example
@@ -162,6 +212,8 @@ class CodeStream(ShapeWorldStream):
         max_len: longest sequence; longer ones are skipped and counted.
         t2i_caption_prob: train t2i sequences use the caption instead of the GenEval-style prompt this often.
         understanding_turns: train vqa / mme sequences ask up to this many questions each (1 = one question).
+        existence_pairs: how often a train vqa draw of an existence question becomes a contrast pair (module doc).
+        think_prob: how often a train vqa / mme sequence describes the image before its question (module doc).
         edit_layout: where an edit sequence's instruction goes (``arm.ar.sequences.EDIT_LAYOUTS``).
         inventory: add each sequence's ``inventory_pos`` (2,) and ``inventory`` (2, heads) (``inventory_fields``),
             the targets of ``ARModule(inventory_weight)``.
@@ -172,7 +224,8 @@ class CodeStream(ShapeWorldStream):
                  shuffle_buffer: int = 1000, seed: int = 0, max_samples: int | None = None, rank: int | None = None,
                  world_size: int | None = None, bucket_pool: int = 16, max_len: int = 256,
                  t2i_caption_prob: float = 0.3, understanding_turns: int = 1,
-                 edit_layout: str = "source_first", inventory: bool = False) -> None:
+                 edit_layout: str = "source_first", inventory: bool = False, existence_pairs: float = 0.0,
+                 think_prob: float = 0.0) -> None:
         # The parent's per-task image builders are not used: ``_built`` below replaces them.
         super().__init__(shards, "scene", batch_size, train, shuffle_buffer, seed, max_samples, rank, world_size)
         if bucket_pool < 1:
@@ -184,6 +237,8 @@ class CodeStream(ShapeWorldStream):
         self.max_len = max_len
         self.t2i_caption_prob = t2i_caption_prob
         self.understanding_turns = check_turns(understanding_turns)
+        self.existence_pairs = check_existence_pairs(existence_pairs, self.understanding_turns)
+        self.think_prob = check_think(think_prob, self.understanding_turns)
         self.edit_layout = check_edit_layout(edit_layout)
         self.inventory = inventory
         self._builder: SequenceBuilder | None = None
@@ -211,8 +266,15 @@ class CodeStream(ShapeWorldStream):
             return [task_example(self.builder, sample, t, self.seed, 0) for t in tasks]
         rng = random.Random(f"ar/{self.seed}/{epoch}/{sample['key']}")
         task = rng.choices(tasks, weights=[self.mixture[t] for t in tasks])[0]
+        if task == "vqa" and self.existence_pairs > 0:
+            items = sample["meta"]["vqa"]
+            item = items[pick_index(len(items), self.seed, sample["key"], epoch, "vqa")]  # the one task_example asks
+            if item.get("type") == "exists" and rng.random() < self.existence_pairs:
+                pair = existence_pair_examples(self.builder, sample, rng)
+                if pair is not None:
+                    return pair
         return [task_example(self.builder, sample, task, self.seed, epoch, rng, self.dropout, self.t2i_caption_prob,
-                             self.understanding_turns)]
+                             self.understanding_turns, self.think_prob)]
 
     def _built(self, raws: Iterator[dict], counter: SkipCounter) -> Iterator[dict]:
         epoch = self.epoch if self.train else 0
@@ -261,6 +323,8 @@ class CodeDataModule(ShapeWorldDataModule):
         dropout: ConditionDropout | None = None,
         t2i_caption_prob: float = 0.3,
         understanding_turns: int = 1,
+        existence_pairs: float = 0.0,
+        think_prob: float = 0.0,
         edit_layout: str = "source_first",
         batch_size: int = 32,
         num_workers: int = 0,
@@ -287,6 +351,14 @@ class CodeDataModule(ShapeWorldDataModule):
             understanding_turns: a train vqa / mme sequence asks up to this many of its image's questions (of
                 that task) as one multi-turn dialogue, scoring every answer (1 = one question per sequence).
                 Val / test sequences always ask one, so their metrics do not depend on it.
+            existence_pairs: probability that a train vqa draw of an existence question becomes two sequences on
+                its image, a present thing and a hard negative differing in one word (colour or class), answered
+                yes and no (``arm.data.shapeworld.text.existence_pair``; needs the scene in the sample's json and
+                ``understanding_turns`` 1). 0 = off. Val / test are unchanged.
+            think_prob: probability that a train one-question vqa / mme sequence carries the sample's caption before
+                its question (``<caption> CAPTION <eos> QUESTION <answer> ANSWER``, scored on the answer), so the
+                model can answer after describing the image (``arm eval --sampling think=1``). Needs
+                ``understanding_turns`` 1. 0 = off; val / test ask directly.
             edit_layout: where an edit sequence's instruction goes, ``source_first`` (ARM's) or
                 ``instruction_first`` (``arm.ar.sequences``); linked from ``model.edit_layout`` by ``arm ar``, so
                 training and the export's sampler agree.
@@ -307,6 +379,8 @@ class CodeDataModule(ShapeWorldDataModule):
         self.dropout = dropout or ConditionDropout()
         self.t2i_caption_prob = t2i_caption_prob
         self.understanding_turns = check_turns(understanding_turns)
+        self.existence_pairs = check_existence_pairs(existence_pairs, self.understanding_turns)
+        self.think_prob = check_think(think_prob, self.understanding_turns)
         self.edit_layout = check_edit_layout(edit_layout)
         self.bucket_pool = bucket_pool
         self.max_len = max_len
@@ -324,7 +398,8 @@ class CodeDataModule(ShapeWorldDataModule):
         return CodeStream(self.shards(split), self.tokenizer_path, self.mixture, self.dropout, self.batch_size,
                           train, self.shuffle_buffer, self.seed, None if train else self.val_samples, rank,
                           world_size, self.bucket_pool, self.max_len, self.t2i_caption_prob,
-                          self.understanding_turns, self.edit_layout, self.inventory)
+                          self.understanding_turns, self.edit_layout, self.inventory, self.existence_pairs,
+                          self.think_prob)
 
     def eval_samples(self, split: str = "val", num: int = 64) -> list[dict]:
         """The first ``num`` code samples of a split, decoded (``decode_code_sample``), for generation metrics."""

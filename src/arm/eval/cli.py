@@ -56,7 +56,8 @@ def add_eval_parser(sub: argparse._SubParsersAction, formatter: type) -> None:
                    help="override an AR checkpoint's sampling setting (repeat): cfg, text_cfg, image_cfg, "
                         "temperature (text-to-image), edit_temperature, top_k, top_p, decoder_steps, decoder_cfg "
                         "(text-to-image), edit_decoder_cfg, batch_size, answer_batch_size, max_new_tokens, device, "
-                        "precision (fp32 | bf16: image sampling and decoding under bf16 autocast); default: the "
+                        "precision (fp32 | bf16: image sampling and decoding under bf16 autocast), think (1: describe, "
+                        "then answer); default: the "
                         "settings its validation used")
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
 

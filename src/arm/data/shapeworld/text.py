@@ -51,7 +51,8 @@ from arm.data.shapeworld.world import (
 
 __all__ = [
     # here
-    "caption", "caption_objects", "vqa_questions", "mme_pair", "all_texts", "region", "location_phrase", "VQA_TYPES",
+    "caption", "caption_objects", "vqa_questions", "existence_pair", "mme_pair", "all_texts", "region",
+    "location_phrase", "VQA_TYPES",
     "MME_SUFFIX", "MME_CATEGORIES", "REGION_NAMES", "LOCATION_PHRASES", "TEXT_KEYS",
     # re-exported, so that ``text`` is the one module the shard writer needs
     "GENEVAL_TAGS", "GENEVAL_TAG_COUNTS", "HELDOUT_TAGS", "GenevalSpec", "geneval_record", "geneval_prompt",
@@ -328,6 +329,39 @@ def _vqa_one(kind: str, scene: Scene, rng: random.Random) -> tuple[str, str] | N
                 rel, answer = false, "no"
         return f"Is the {na} {rng.choice(RELATION_WORDS[rel])} the {nb}?", answer
     raise ValueError(f"unknown VQA type {kind!r}; expected one of {VQA_TYPES}")
+
+
+def existence_pair(scene: Scene, rng: random.Random) -> list[dict[str, str]] | None:
+    """Two existence questions on one scene that differ in one word and have opposite answers, in random order:
+    a present thing ("a red circle", or "a circle") and a hard negative made from it (its colour or its class
+    changed, "a blue circle" / "a red star"; an absent class for the class alone), asked with the same VQA
+    template. Records as ``vqa_questions``' (type "exists"); None for an empty scene or where no negative applies.
+    Never names a held-out colour x shape pair (the negative is absent, so it would be one the scene lacks)."""
+    if not scene.objects:
+        return None
+    present = {(o.color, o.cls) for o in scene.objects}
+    o = rng.choice(scene.objects)
+    form = rng.choice(_EXISTS_Q)
+    negative = None
+    if rng.random() < 0.3:  # the class alone, as the VQA bench asks 30% of its present-thing questions
+        missing = [c for c in CLASSES if c not in {p[1] for p in present}]
+        if missing:
+            positive, negative = o.cls, rng.choice(missing)
+    if negative is None:
+        positive = f"{o.color} {o.cls}"
+        by_colour = [(k, o.cls) for k in COLORS if (k, o.cls) not in present]
+        by_class = [(o.color, c) for c in CLASSES if (o.color, c) not in present]
+        swaps = [by_colour, by_class] if rng.random() < 0.5 else [by_class, by_colour]
+        options = [p for p in swaps[0] if p not in HELDOUT_COLOR_SHAPE] or \
+                  [p for p in swaps[1] if p not in HELDOUT_COLOR_SHAPE]
+        if not options:
+            return None
+        negative = " ".join(rng.choice(options))
+    records = [{"question": form.format(with_article(positive)), "answer": "yes", "type": "exists"},
+               {"question": form.format(with_article(negative)), "answer": "no", "type": "exists"}]
+    if rng.random() < 0.5:
+        records.reverse()
+    return records
 
 
 def vqa_questions(scene: Scene, rng: random.Random, n: int = 4) -> list[dict[str, str]]:
