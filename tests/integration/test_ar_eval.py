@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 import torch
 
-from arm.ar.commands import MAX_CAPTION_TOKENS, _text_prefix, normalize_answer
+from arm.ar.commands import MAX_CAPTION_TOKENS, _text_prefix, answer_questions, normalize_answer
 from arm.ar.eval_model import MAX_ANSWER_TOKENS
 from arm.ar.module import ARModule, load_ar_bundle, save_ar, validation_sampling
 from arm.cli import main as arm
@@ -167,9 +167,9 @@ def test_formats_settings_and_errors(export, bench, tmp_path):
     caption_text = model.describe([image])[0]
     # A caption longer than the context leaves for the question and the answer is cut to fit.
     room = decoder.config.max_seq_len - MAX_ANSWER_TOKENS - len(builder.vqa_prompt(codes[0], "What shape is it?")) - 2
-    caption_ids = builder.tokenizer.encode(caption_text)
-    if len(caption_ids) > room:
-        caption_text = builder.tokenizer.decode(caption_ids[:room])
+    keep = room
+    while len(builder.tokenizer.encode(caption_text)) > room:
+        caption_text, keep = builder.tokenizer.decode(builder.tokenizer.encode(caption_text)[:keep]), keep - 1
     ids = prompt = builder.vqa_prompt(codes[0], "What shape is it?", caption_text)
     assert len(prompt) + MAX_ANSWER_TOKENS <= decoder.config.max_seq_len
     for _ in range(MAX_ANSWER_TOKENS):
@@ -183,6 +183,10 @@ def test_formats_settings_and_errors(export, bench, tmp_path):
     assert thinking.settings["think"] == 1 and model.settings["think"] == 0
     with pytest.raises(ValueError, match="think is 0"):
         load_for_eval(str(export), think=2)
+    # A thought far longer than the context is cut to fit, never an error.
+    long = answer_questions(decoder, builder, codes[:1], ["What shape is it?"], MAX_ANSWER_TOKENS, think=True,
+                            thoughts=["a small red circle and " * 200])
+    assert len(long) == 1 and isinstance(long[0], str)
     # n images per prompt, prompt-major; batch_size 2 splits the 4 rows into two sampler calls.
     drawn = model.generate(["a red circle", "a blue star"], 2, seed=1)
     assert [len(x) for x in drawn] == [2, 2] and drawn[0][0].dtype == np.uint8 and drawn[0][0].shape == (64, 64, 3)

@@ -78,8 +78,11 @@ def answer_questions(model, builder, codes: Sequence[Sequence[int]], questions: 
         for c, q, caption in zip(codes, questions, thoughts):
             direct = len(builder.vqa_prompt(c, q)) + 2  # + <caption> ... <eos>
             room = max(model.config.max_seq_len - max_new_tokens - direct, 0)
-            ids = builder.tokenizer.encode(caption)
-            cut.append(caption if len(ids) <= room else builder.tokenizer.decode(ids[:room]))
+            ids, keep = builder.tokenizer.encode(caption), room
+            while len(ids) > room:  # a cut caption can re-encode longer (other merges): cut shorter until it fits
+                caption = builder.tokenizer.decode(ids[:keep])
+                ids, keep = builder.tokenizer.encode(caption), keep - 1
+            cut.append(caption)
     prompts = [builder.vqa_prompt(c, q, t) for c, q, t in zip(codes, questions, cut)]
     _check_context(model, prompts, max_new_tokens)
     kwargs = {} if config is None else {"config": config}
