@@ -77,26 +77,15 @@ def check_turns(understanding_turns: int) -> int:
     return understanding_turns
 
 
-def check_probability(name: str, value: float) -> float:
+def check_one_question_option(name: str, value: float, understanding_turns: int) -> float:
+    """A probability that reshapes one-question vqa / mme sequences (``existence_pairs``, ``think_prob``): in [0, 1],
+    and positive only with ``understanding_turns`` 1."""
     if not 0.0 <= value <= 1.0:
         raise ValueError(f"{name} is a probability in [0, 1], got {value}")
+    if value > 0 and understanding_turns > 1:
+        raise ValueError(f"{name} reshapes one-question vqa / mme sequences; set understanding_turns 1 with it "
+                         f"(got {understanding_turns})")
     return float(value)
-
-
-def check_existence_pairs(existence_pairs: float, understanding_turns: int) -> float:
-    check_probability("existence_pairs", existence_pairs)
-    if existence_pairs > 0 and understanding_turns > 1:
-        raise ValueError("existence_pairs replaces one-question vqa sequences; set understanding_turns 1 with it "
-                         f"(got {understanding_turns})")
-    return float(existence_pairs)
-
-
-def check_think(think_prob: float, understanding_turns: int) -> float:
-    check_probability("think_prob", think_prob)
-    if think_prob > 0 and understanding_turns > 1:
-        raise ValueError("think_prob describes the image before one question; set understanding_turns 1 with it "
-                         f"(got {understanding_turns})")
-    return float(think_prob)
 
 
 def existence_pair_examples(builder: SequenceBuilder, sample: dict, rng: random.Random) -> list[Example] | None:
@@ -237,8 +226,9 @@ class CodeStream(ShapeWorldStream):
         self.max_len = max_len
         self.t2i_caption_prob = t2i_caption_prob
         self.understanding_turns = check_turns(understanding_turns)
-        self.existence_pairs = check_existence_pairs(existence_pairs, self.understanding_turns)
-        self.think_prob = check_think(think_prob, self.understanding_turns)
+        self.existence_pairs = check_one_question_option("existence_pairs", existence_pairs,
+                                                          self.understanding_turns)
+        self.think_prob = check_one_question_option("think_prob", think_prob, self.understanding_turns)
         self.edit_layout = check_edit_layout(edit_layout)
         self.inventory = inventory
         self._builder: SequenceBuilder | None = None
@@ -379,8 +369,9 @@ class CodeDataModule(ShapeWorldDataModule):
         self.dropout = dropout or ConditionDropout()
         self.t2i_caption_prob = t2i_caption_prob
         self.understanding_turns = check_turns(understanding_turns)
-        self.existence_pairs = check_existence_pairs(existence_pairs, self.understanding_turns)
-        self.think_prob = check_think(think_prob, self.understanding_turns)
+        self.existence_pairs = check_one_question_option("existence_pairs", existence_pairs,
+                                                          self.understanding_turns)
+        self.think_prob = check_one_question_option("think_prob", think_prob, self.understanding_turns)
         self.edit_layout = check_edit_layout(edit_layout)
         self.bucket_pool = bucket_pool
         self.max_len = max_len
