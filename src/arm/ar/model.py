@@ -20,7 +20,8 @@ Deliberate simplifications:
 - No dropout (Qwen2.5 uses none) and no sliding-window attention (Qwen2.5 configs leave it off).
 - The tied text head is the slice ``embed.weight[:num_text_and_special]``, not a parameter of its own, so
   checkpoints hold the shared matrix once; image rows of the table are never tied to the image head.
-- Initialisation is normal(0, 0.02) for every matrix (Qwen2's ``initializer_range``), zero biases, unit norms.
+- Initialisation is normal(0, ``initializer_range``) for every matrix (Qwen2's, 0.02 by default), zero biases,
+  unit norms.
 
 Optional FSQ code factors (``ARDecoder.enable_code_factors``; not in ARM, our addition): with an FSQ image
 tokenizer every code is a point on a ``levels`` grid, so its embedding row and its image-head row get a shared term
@@ -71,6 +72,9 @@ class ARConfig:
         norm_eps: RMSNorm epsilon.
         tie_embeddings: the text head reuses the embedding rows of text + special ids.
         max_seq_len: longest sequence the model is meant for (from ``max_position_embeddings``).
+        initializer_range: standard deviation of the normal init of every matrix (Qwen2's ``initializer_range``,
+            0.02). Imported weights replace it; for a model trained from scratch it sets how fast attention learns
+            to look things up (experiments/LOG.md, twenty-ninth session).
     """
 
     text_vocab_size: int | None = None
@@ -86,6 +90,7 @@ class ARConfig:
     norm_eps: float = 1e-6
     tie_embeddings: bool = True
     max_seq_len: int = 1024
+    initializer_range: float = 0.02
 
     @property
     def num_text_and_special(self) -> int:
@@ -190,7 +195,7 @@ class ARDecoder(nn.Module):
         self.image_head = (nn.Linear(config.dim, config.num_image_codes, bias=False)
                            if config.num_image_codes > 0 else None)
         self.code_factors: CodeFactors | None = None
-        self.reset_parameters()
+        self.reset_parameters(config.initializer_range)
 
     def enable_code_factors(self, levels: list[int] | None,
                             colours: torch.Tensor | None = None) -> CodeFactors:
