@@ -85,6 +85,9 @@ def test_vocabulary_extension(tmp_path):
     assert not torch.allclose(new[0], new[1])
     assert ours.text_head.weight.shape == (131, 64) and ours.image_head.weight.shape == (50, 64)
     assert torch.isfinite(ours.image_head.weight).all() and ours.image_head.weight.std() > 0
+    # The image head (new, 50 x 64) is drawn at the checkpoint's initializer_range, which the config records.
+    assert c.initializer_range == hf_model.config.initializer_range
+    assert abs(ours.image_head.weight.std().item() / c.initializer_range - 1) < 0.1
     _compare(hf_model, ours)  # text logits over the old vocabulary are unchanged
     again = from_hf(folder, num_image_codes=50, num_special_tokens=3)
     torch.testing.assert_close(again.embed.weight, ours.embed.weight)  # seeded

@@ -97,6 +97,7 @@ def config_from_hf(hf_config: dict, num_image_codes: int = 0, num_special_tokens
         norm_eps=float(hf_config.get("rms_norm_eps", 1e-6)),
         tie_embeddings=bool(hf_config.get("tie_word_embeddings", False)),
         max_seq_len=int(hf_config.get("max_position_embeddings", 2048)),
+        initializer_range=float(hf_config.get("initializer_range", 0.02)),
     )
 
 
@@ -207,6 +208,6 @@ def from_hf(folder: str, num_image_codes: int = 0, num_special_tokens: int = 0, 
     if model.text_head is not None:
         _init_new_rows(model.text_head.weight.data, hf_rows, generator, noise)
     if model.image_head is not None:
-        std = float(hf.get("initializer_range", 0.02))
+        std = config.initializer_range
         model.image_head.weight.data.copy_(torch.randn(model.image_head.weight.shape, generator=generator) * std)
     return model
