@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 import torch
 
-from arm.ar.commands import MAX_CAPTION_TOKENS, _text_prefix, answer_questions, normalize_answer
+from arm.ar.commands import MAX_CAPTION_TOKENS, _text_prefix, answer_questions, fit_text, normalize_answer
 from arm.ar.eval_model import MAX_ANSWER_TOKENS
 from arm.ar.module import ARModule, load_ar_bundle, save_ar, validation_sampling
 from arm.cli import main as arm
@@ -167,9 +167,7 @@ def test_formats_settings_and_errors(export, bench, tmp_path):
     caption_text = model.describe([image])[0]
     # A caption longer than the context leaves for the question and the answer is cut to fit.
     room = decoder.config.max_seq_len - MAX_ANSWER_TOKENS - len(builder.vqa_prompt(codes[0], "What shape is it?")) - 2
-    keep = room
-    while len(builder.tokenizer.encode(caption_text)) > room:
-        caption_text, keep = builder.tokenizer.decode(builder.tokenizer.encode(caption_text)[:keep]), keep - 1
+    caption_text = fit_text(builder.tokenizer, caption_text, room)
     ids = prompt = builder.vqa_prompt(codes[0], "What shape is it?", caption_text)
     assert len(prompt) + MAX_ANSWER_TOKENS <= decoder.config.max_seq_len
     for _ in range(MAX_ANSWER_TOKENS):
@@ -187,6 +185,10 @@ def test_formats_settings_and_errors(export, bench, tmp_path):
     long = answer_questions(decoder, builder, codes[:1], ["What shape is it?"], MAX_ANSWER_TOKENS, think=True,
                             thoughts=["a small red circle and " * 200])
     assert len(long) == 1 and isinstance(long[0], str)
+    thought = "a small red circle and " * 200
+    for room in (0, 1, 17, 40):
+        assert len(builder.tokenizer.encode(fit_text(builder.tokenizer, thought, room))) <= room
+    assert fit_text(builder.tokenizer, "a small red circle", 40) == "a small red circle"
     # n images per prompt, prompt-major; batch_size 2 splits the 4 rows into two sampler calls.
     drawn = model.generate(["a red circle", "a blue star"], 2, seed=1)
     assert [len(x) for x in drawn] == [2, 2] and drawn[0][0].dtype == np.uint8 and drawn[0][0].shape == (64, 64, 3)

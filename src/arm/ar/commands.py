@@ -63,6 +63,17 @@ def edit_codes(model, builder, sources: Sequence[Sequence[int]], instructions: S
                                           image_only=[t[1] for t in triples], generator=generator)
 
 
+def fit_text(tokenizer, text: str, room: int) -> str:
+    """``text`` cut to a prefix that encodes to at most ``room`` tokens (``text`` itself when it fits). A cut can
+    re-encode longer than the ids it was decoded from (other BPE merges across the cut), so it is cut shorter until
+    it fits."""
+    ids, keep = tokenizer.encode(text), room
+    while len(ids) > room:
+        text = tokenizer.decode(ids[:keep])
+        ids, keep = tokenizer.encode(text), keep - 1
+    return text
+
+
 def answer_questions(model, builder, codes: Sequence[Sequence[int]], questions: Sequence[str],
                      max_new_tokens: int = 16, config=None, generator=None, think: bool = False,
                      thoughts: Sequence[str] | None = None) -> list[str]:
@@ -78,11 +89,7 @@ def answer_questions(model, builder, codes: Sequence[Sequence[int]], questions: 
         for c, q, caption in zip(codes, questions, thoughts):
             direct = len(builder.vqa_prompt(c, q)) + 2  # + <caption> ... <eos>
             room = max(model.config.max_seq_len - max_new_tokens - direct, 0)
-            ids, keep = builder.tokenizer.encode(caption), room
-            while len(ids) > room:  # a cut caption can re-encode longer (other merges): cut shorter until it fits
-                caption = builder.tokenizer.decode(ids[:keep])
-                ids, keep = builder.tokenizer.encode(caption), keep - 1
-            cut.append(caption)
+            cut.append(fit_text(builder.tokenizer, caption, room))
     prompts = [builder.vqa_prompt(c, q, t) for c, q, t in zip(codes, questions, cut)]
     _check_context(model, prompts, max_new_tokens)
     kwargs = {} if config is None else {"config": config}
