@@ -2,6 +2,7 @@
 
 import io
 import json
+import math
 import shutil
 from pathlib import Path
 
@@ -68,6 +69,13 @@ def test_fit_export_eval_encode_decode(parts, export, tmp_path):
                 "semantic_recon_acc", "fd_teacher"):
         assert key in metrics, key
     assert 0 < metrics["code_usage"] <= 1 and metrics["code_perplexity"] >= 1
+    levels = json.loads((export / "config.json").read_text())["tokenizer_config"]["levels"]
+    occupancy = metrics["level_occupancy"]  # per FSQ channel, the share of val tokens at each level
+    assert [len(channel) for channel in occupancy] == levels
+    assert all(abs(sum(channel) - 1) < 1e-3 for channel in occupancy)
+    # a code is used only if each of its digits is: used codes <= the product of each channel's used levels
+    used_codes = round(metrics["code_usage"] * math.prod(levels))
+    assert used_codes <= math.prod(sum(v > 0 for v in channel) for channel in occupancy)
     assert "rfid" not in metrics  # no Inception weights configured: never call the teacher FD an FID
     assert metrics["readout"] == "head"  # tiny.yaml trains L_sig, so its sigmoid head is what zero-shot reads
 

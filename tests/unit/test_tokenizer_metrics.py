@@ -1,6 +1,7 @@
 """Tokenizer metrics against hand-computed values and known invariants."""
 
 import math
+import os
 
 import numpy as np
 import pytest
@@ -12,6 +13,7 @@ from arm.tokenizer.metrics import (
     code_perplexity,
     code_usage,
     frechet_distance,
+    fsq_level_occupancy,
     linear_probe_accuracy,
     psnr,
 )
@@ -31,6 +33,32 @@ def test_code_usage_and_perplexity():
     assert code_perplexity(hist) == pytest.approx(4.0)
     skewed = torch.tensor([3, 1])  # p = (3/4, 1/4): exp(H) = exp(-(.75 ln .75 + .25 ln .25)) = 1.7548
     assert code_perplexity(skewed) == pytest.approx(1.7548, abs=1e-4)
+
+
+def test_fsq_level_occupancy_hand_computed():
+    # levels [2, 3]: index = d0 + 2 * d1, so indices 0..5 are (d0, d1) = (0,0) (1,0) (0,1) (1,1) (0,2) (1,2)
+    hist = torch.tensor([1, 2, 3, 4, 5, 6])  # 21 tokens
+    occ = fsq_level_occupancy(hist, [2, 3])
+    assert occ[0] == pytest.approx([(1 + 3 + 5) / 21, (2 + 4 + 6) / 21])
+    assert occ[1] == pytest.approx([(1 + 2) / 21, (3 + 4) / 21, (5 + 6) / 21])
+
+
+def test_fsq_level_occupancy_matches_fsq_digits():
+    """Against the quantizer's own digits of fresh random indices: each channel's level counts."""
+    from arm.tokenizer.fsq import FSQ
+
+    levels = [4, 3, 5, 2]
+    fsq = FSQ(levels)
+    indices = torch.randint(0, fsq.codebook_size, (3000,), generator=torch.Generator().manual_seed(
+        int.from_bytes(os.urandom(4), "little")))
+    digits = torch.round(fsq.indices_to_codes(indices) * fsq._half_width + fsq._half_width).long()  # (N, d)
+    occ = fsq_level_occupancy(code_histogram(indices, fsq.codebook_size), levels)
+    for i, n_levels in enumerate(levels):
+        expected = torch.bincount(digits[:, i], minlength=n_levels).double() / len(indices)
+        assert occ[i] == pytest.approx(expected.tolist())
+        assert sum(occ[i]) == pytest.approx(1.0)
+    with pytest.raises(ValueError, match="does not match FSQ levels"):
+        fsq_level_occupancy(torch.zeros(10), levels)
 
 
 def test_frechet_distance_gaussian_closed_form():

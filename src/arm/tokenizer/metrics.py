@@ -3,6 +3,9 @@
 - ``psnr``: peak signal-to-noise ratio of images in [0, 1], per image then averaged (dB).
 - ``code_usage`` / ``code_perplexity``: the fraction of the codebook used over a set of images, and
   exp(entropy) of the code histogram (the effective number of codes).
+- ``fsq_level_occupancy``: for each FSQ channel, the share of tokens at each of its levels (the code histogram's
+  marginals). It says why usage is what it is: a channel with one dominant level (plain background patches all
+  quantise alike) leaves most of the product grid unvisited.
 - ``frechet_distance``: the Fréchet distance between two Gaussians fitted to feature sets (Heusel et al. 2017,
   the formula behind FID). With Inception features it is FID; with the teacher's features we report it as
   ``fd_teacher`` and never call it FID.
@@ -38,6 +41,29 @@ def code_histogram(indices: torch.Tensor, codebook_size: int) -> torch.Tensor:
 def code_usage(hist: torch.Tensor) -> float:
     """Fraction of codes used at least once."""
     return float((hist > 0).float().mean())
+
+
+def fsq_level_occupancy(hist: torch.Tensor, levels: list[int]) -> list[list[float]]:
+    """Per FSQ channel, the fraction of counted tokens at each level: ``out[i][l]`` for channel i, level l.
+
+    ``hist`` is a code histogram over ``prod(levels)`` indices in FSQ's mixed radix (channel 0 the least significant
+    digit, ``arm.tokenizer.fsq.FSQ.codes_to_indices``), so reshaped C-order to ``levels[::-1]`` its last axis is
+    channel 0; each channel's occupancy is the sum over the other axes.
+    """
+    levels = [int(v) for v in levels]
+    if hist.numel() != math.prod(levels):
+        raise ValueError(f"a histogram of {hist.numel()} codes does not match FSQ levels {levels} "
+                         f"({math.prod(levels)} codes)")
+    grid = hist.double().reshape(levels[::-1])
+    total = float(grid.sum().clamp_min(1))
+    n = len(levels)
+    out = []
+    for i in range(n):
+        axis = n - 1 - i
+        others = [a for a in range(n) if a != axis]
+        marginal = grid.sum(dim=others) if others else grid
+        out.append([float(v) / total for v in marginal])
+    return out
 
 
 def code_perplexity(hist: torch.Tensor) -> float:

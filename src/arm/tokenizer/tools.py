@@ -58,7 +58,7 @@ def run_eval(ns: argparse.Namespace) -> int:
     from arm.data.samples import expand_shards
     from arm.eval.figures_grids import write_recon_images
     from arm.tokenizer.evaluate import TokenizerEvaluator, geneval_reconstruction, linear_probes, probe_labels
-    from arm.tokenizer.metrics import InceptionFeatures
+    from arm.tokenizer.metrics import InceptionFeatures, fsq_level_occupancy
 
     bundle = _load(ns.ckpt)
     tok = bundle.tokenizer
@@ -109,6 +109,8 @@ def run_eval(ns: argparse.Namespace) -> int:
     zero_shot = {k: metrics.pop(f"zero_shot_{k}_acc") for k in ("color", "shape") if f"zero_shot_{k}_acc" in metrics}
     report = {
         **{k: v for k, v in metrics.items() if not k.startswith("loss")},
+        "level_occupancy": [[round(v, 4) for v in channel]
+                            for channel in fsq_level_occupancy(evaluator.hist, tok.config.levels)],
         "zero_shot_acc": zero_shot,
         "probe_acc": linear_probes(train_x, probe_labels(train_meta), val_x, probe_labels(val_meta)),
         "num_val": len(val_meta),
