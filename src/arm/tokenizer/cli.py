@@ -27,7 +27,8 @@ def _utility_parser() -> argparse.ArgumentParser:
                         description="Every tokenizer metric on val (reconstruction, codes, zero-shot, probes, caption "
                                     "perplexity). With a ShapeWorld bench beside the shards (DATA/bench/geneval.jsonl) "
                                     "it also writes geneval_recon: the GenEval-protocol score of the round trip of "
-                                    "the bench's images, the ceiling of text-to-image through these codes.")
+                                    "the bench's images, the ceiling of text-to-image through these codes. level_occupancy "
+                                    "gives, per FSQ channel, the share of val tokens at each level.")
     ev.add_argument("--ckpt", required=True, help="exported tokenizer folder")
     ev.add_argument("--data", required=True, help="ShapeWorld directory (train/ and val/ shards)")
     ev.add_argument("--out", required=True, help="JSON file to write")
