@@ -182,10 +182,10 @@ def test_formats_settings_and_errors(export, bench, tmp_path):
     with pytest.raises(ValueError, match="think is 0"):
         load_for_eval(str(export), think=2)
     # A thought far longer than the context is cut to fit, never an error.
-    long = answer_questions(decoder, builder, codes[:1], ["What shape is it?"], MAX_ANSWER_TOKENS, think=True,
-                            thoughts=["a small red circle and " * 200])
-    assert len(long) == 1 and isinstance(long[0], str)
     thought = "a small red circle and " * 200
+    long = answer_questions(decoder, builder, codes[:1], ["What shape is it?"], MAX_ANSWER_TOKENS, think=True,
+                            thoughts=[thought])
+    assert len(long) == 1 and isinstance(long[0], str)
     for room in (0, 1, 17, 40):
         assert len(builder.tokenizer.encode(fit_text(builder.tokenizer, thought, room))) <= room
     assert fit_text(builder.tokenizer, "a small red circle", 40) == "a small red circle"

@@ -79,10 +79,13 @@ class FSQ(nn.Module):
         digits = torch.round(codes.float() * self._half_width + self._half_width).long()  # (..., d) in [0, L)
         return (digits * self._basis).sum(dim=-1)
 
+    def indices_to_digits(self, indices: torch.Tensor) -> torch.Tensor:
+        """Code indices (...) integer -> each channel's level (..., d) int64, channel i in [0, levels[i])."""
+        return (indices.long().unsqueeze(-1) // self._basis) % self._levels
+
     def indices_to_codes(self, indices: torch.Tensor) -> torch.Tensor:
         """Code indices (...) integer -> normalised codes (..., d) float32."""
-        digits = (indices.long().unsqueeze(-1) // self._basis) % self._levels  # (..., d)
-        return (digits.float() - self._half_width) / self._half_width
+        return (self.indices_to_digits(indices).float() - self._half_width) / self._half_width
 
     def extra_repr(self) -> str:
         return f"levels={self.levels}, codebook_size={self.codebook_size}"

@@ -45,25 +45,18 @@ def code_usage(hist: torch.Tensor) -> float:
 
 def fsq_level_occupancy(hist: torch.Tensor, levels: list[int]) -> list[list[float]]:
     """Per FSQ channel, the fraction of counted tokens at each level: ``out[i][l]`` for channel i, level l.
+    ``hist`` is a code histogram over the ``prod(levels)`` indices of ``FSQ(levels)``, whose digits say which level
+    of each channel a code sits at."""
+    from arm.tokenizer.fsq import FSQ
 
-    ``hist`` is a code histogram over ``prod(levels)`` indices in FSQ's mixed radix (channel 0 the least significant
-    digit, ``arm.tokenizer.fsq.FSQ.codes_to_indices``), so reshaped C-order to ``levels[::-1]`` its last axis is
-    channel 0; each channel's occupancy is the sum over the other axes.
-    """
-    levels = [int(v) for v in levels]
-    if hist.numel() != math.prod(levels):
-        raise ValueError(f"a histogram of {hist.numel()} codes does not match FSQ levels {levels} "
-                         f"({math.prod(levels)} codes)")
-    grid = hist.double().reshape(levels[::-1])
-    total = float(grid.sum().clamp_min(1))
-    n = len(levels)
-    out = []
-    for i in range(n):
-        axis = n - 1 - i
-        others = [a for a in range(n) if a != axis]
-        marginal = grid.sum(dim=others) if others else grid
-        out.append([float(v) / total for v in marginal])
-    return out
+    fsq = FSQ(levels)
+    if hist.numel() != fsq.codebook_size:
+        raise ValueError(f"a histogram of {hist.numel()} codes does not match FSQ levels {fsq.levels} "
+                         f"({fsq.codebook_size} codes)")
+    digits = fsq.indices_to_digits(torch.arange(fsq.codebook_size))  # (K, d)
+    counts, total = hist.double().flatten(), float(hist.sum().clamp_min(1))
+    return [(torch.zeros(n, dtype=torch.float64).index_add_(0, digits[:, i], counts) / total).tolist()
+            for i, n in enumerate(fsq.levels)]
 
 
 def code_perplexity(hist: torch.Tensor) -> float:
