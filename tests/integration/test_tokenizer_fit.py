@@ -69,6 +69,10 @@ def test_fit_export_eval_encode_decode(parts, export, tmp_path):
                 "semantic_recon_acc", "fd_teacher"):
         assert key in metrics, key
     assert 0 < metrics["code_usage"] <= 1 and metrics["code_perplexity"] >= 1
+    # the breakdown of semantic_recon_acc: every reconstructed object counted under its "class_size" key
+    assert 0 <= metrics["recon_background_acc"] <= 1
+    assert set(metrics["recon_object_recall"]) == set(metrics["recon_objects"])
+    assert all(0 <= v <= 1 for v in metrics["recon_object_recall"].values())
     levels = json.loads((export / "config.json").read_text())["tokenizer_config"]["levels"]
     occupancy = metrics["level_occupancy"]  # per FSQ channel, the share of val tokens at each level
     assert [len(channel) for channel in occupancy] == levels
@@ -78,10 +82,14 @@ def test_fit_export_eval_encode_decode(parts, export, tmp_path):
     assert used_codes <= math.prod(sum(v > 0 for v in channel) for channel in occupancy)
     assert "rfid" not in metrics  # no Inception weights configured: never call the teacher FD an FID
     assert metrics["readout"] == "head"  # tiny.yaml trains L_sig, so its sigmoid head is what zero-shot reads
+    # The export records the YAML's val_decode_steps / val_cfg_scale, and eval decodes with them unless told
+    assert json.loads((export / "config.json").read_text())["decode"] == {"steps": 2, "cfg": 2.0}
+    assert (metrics["decode_steps"], metrics["decoder_cfg"]) == (2, 2.0)
 
     forced = tmp_path / "eval_teacher.json"
-    assert main(_eval_args(parts, export, forced, "--readout", "teacher")) == 0
-    assert json.loads(forced.read_text())["readout"] == "teacher"
+    assert main(_eval_args(parts, export, forced, "--readout", "teacher", "--cfg", "1")) == 0
+    forced_report = json.loads(forced.read_text())
+    assert forced_report["readout"] == "teacher" and forced_report["decoder_cfg"] == 1.0
 
     codes_dir = tmp_path / "codes"
     assert main(["encode", "--ckpt", str(export), "--shards", str(parts / "world" / "val"),
@@ -129,6 +137,12 @@ def test_fit_export_eval_encode_decode(parts, export, tmp_path):
                  "--out", str(bf16_dir), "--batch-size", "8", "--precision", "bf16"]) == 0
     bf16_samples = list(wds.tarfile_samples([{"url": str(p)} for p in sorted(bf16_dir.glob("*.tar"))]))
     bundle = TokenizerBundle.load(str(export))
+    assert bundle.decode_defaults == {"steps": 2, "cfg": 2.0}
+    from arm.tokenizer.model import DEFAULT_DECODE, save_tokenizer
+
+    assert TokenizerBundle(bundle.teacher, bundle.tokenizer).decode_defaults == DEFAULT_DECODE  # an older export
+    with pytest.raises(ValueError, match="decode defaults need steps >= 1"):
+        save_tokenizer(bundle.tokenizer, str(tmp_path / "bad"), str(parts / "teacher"), None, decode={"steps": 0})
     images = torch.stack([decode_image(s["png"]) for s in list(sources.values())[:8]])  # the first 8, shard order
     with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
         expected = bundle.encode(images).numpy()

@@ -13,6 +13,7 @@ from arm.data.shapeworld.judge import (
     UnsupportedRecord,
     evaluate_geneval,
     match_objects,
+    objects_recovered,
     perturb_for_record,
     preservation,
     scene_detections,
@@ -155,6 +156,21 @@ def test_scenes_match_tolerance_and_attributes():
     assert not scenes_match(a, recoloured)
     assert not scenes_match(a, Scene(a.objects[:1]))
     assert not scenes_match(a, Scene(list(a.objects), background="khaki"))
+
+
+def test_objects_recovered_asks_class_and_place_only():
+    """Per truth object: found when some object of its class sits within the box tolerance, whatever its colour or
+    size word; a class swap or a move beyond the tolerance is a miss; extra found objects change nothing."""
+    truth = Scene([obj("star", "red", "small", (10, 10, 24, 24)), obj("cross", "blue", "large", (30, 30, 52, 52)),
+                   obj("circle", "green", "small", (40, 2, 54, 16))])
+    found = Scene([obj("star", "pink", "large", (12, 8, 26, 22)),       # recoloured, resized word, 2 px off: found
+                   obj("circle", "blue", "large", (30, 30, 52, 52)),    # the cross come back as a circle: missed
+                   obj("circle", "green", "small", (43, 2, 57, 16)),    # 3 px off: missed at 2, found at 3
+                   obj("square", "red", "small", (2, 40, 16, 54))], background="khaki")
+    assert objects_recovered(truth, found) == [True, False, False]
+    assert objects_recovered(truth, found, box_tol=3) == [True, False, True]
+    assert objects_recovered(truth, Scene([])) == [False, False, False]
+    assert objects_recovered(Scene([]), found) == []
 
 
 def test_match_objects_pairs_by_position_and_attributes():

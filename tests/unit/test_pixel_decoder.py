@@ -247,3 +247,28 @@ def test_loss_adds_the_weighted_edge_term_of_the_velocity_error(prediction):
                                error.square().mean() + w * edge_loss(error))
     with pytest.raises(ValueError, match="edge_weight must be >= 0"):
         _tiny(edge_weight=-1.0)
+
+
+def test_zero_time_prob_puts_that_share_of_draws_at_t_zero_where_the_loss_is_the_autoencoder_mse():
+    """``zero_time_prob`` p: a share p of the training times is exactly 0 (binomial bound on 20k draws, ~5 standard
+    errors), the rest keep ``time_sampling``'s law; at t = 0 an x-network's velocity error is x_hat - x1, the plain
+    reconstruction error of the clean-image prediction from pure noise."""
+    p = float(torch.empty(()).uniform_(0.1, 0.6))
+    dit = PixelDiT(8, PixelDiTConfig(image_size=16, patch_size=4, dim=48, num_layers=1, num_heads=2,
+                                     time_mean=-0.8, time_std=0.8, zero_time_prob=p))
+    t = dit.sample_t(20_000, torch.device("cpu"))
+    zero = t == 0
+    assert abs(zero.float().mean().item() - p) < 5 * (p * (1 - p) / 20_000) ** 0.5
+    rest = t[~zero]
+    logit = torch.log(rest) - torch.log1p(-rest)
+    assert abs(logit.mean().item() + 0.8) < 0.05 and abs(logit.std().item() - 0.8) < 0.05
+    x_hat = torch.rand(2, 3, 16, 16) * 2 - 1
+    dit.forward = lambda x_t, t, cond, drop=None: x_hat
+    dit.sample_t = lambda batch, device, generator=None: torch.zeros(batch)
+    images = torch.rand(2, 3, 16, 16)
+    error = dit.velocity_error(images, torch.zeros(2, 16, 8))
+    torch.testing.assert_close(error, x_hat - (images * 2 - 1))
+    for bad in (-0.1, 1.0):
+        with pytest.raises(ValueError, match="zero_time_prob must be in"):
+            PixelDiT(8, PixelDiTConfig(image_size=8, patch_size=4, dim=48, num_layers=1, num_heads=2,
+                                       zero_time_prob=bad))

@@ -53,8 +53,9 @@ def test_run_table7_trains_each_variant_once_and_writes_both_files(tmp_path, mon
         return 1.5
 
     def fake_eval(ns):
-        # The namespace `arm tokenizer eval` would build, every option included (run_eval reads them all).
-        assert (ns.num_val, ns.recon_images, ns.steps, ns.cfg, ns.inception_weights) == (1000, 256, 10, 1.0, None)
+        # The namespace `arm tokenizer eval` would build, every option included (run_eval reads them all); no
+        # --steps / --cfg, so each variant decodes with what its export records (its YAML's val settings).
+        assert (ns.num_val, ns.recon_images, ns.steps, ns.cfg, ns.inception_weights) == (1000, 256, None, None, None)
         sig = float("sig1" in ns.ckpt)
         with open(ns.out, "w") as f:
             json.dump({"psnr": 20.0 - sig, "zero_shot_acc": {"color": 0.5 + 0.4 * sig, "shape": 0.5},

@@ -193,3 +193,43 @@ def test_geneval_reconstruction_scores_the_round_trip_like_generated_images(tmp_
     for tag, oks in by_tag.items():
         assert lossless["per_tag"][tag] == pytest.approx(sum(oks) / len(oks))
     assert geneval_reconstruction(Blank(), tmp_path, batch_size=64, limit=100)["overall"] == 0.0
+
+
+def test_reconstruction_breakdown_by_background_and_object_class():
+    """``recon_background_acc`` and ``recon_object_recall/<class>_<size>`` from the detector's reading of each
+    reconstruction: a lossless decoder recovers every background and object (as the real images do); one that
+    returns the scene on another background with its first object removed loses every background and exactly those
+    objects, counted per (class, size)."""
+    from types import SimpleNamespace
+
+    from arm.data.shapeworld.render import render
+    from arm.data.shapeworld.scene import Scene, scene_for
+    from arm.tokenizer.evaluate import TokenizerEvaluator
+
+    seed = int(torch.randint(0, 10_000, ()).item())
+    scenes = [s for s in (scene_for(seed, "val", i) for i in range(40)) if s.objects][:6]
+    metas = [{"scene": s.to_json()} for s in scenes]
+    images = torch.from_numpy(np.stack([render(s) for s in scenes])).permute(0, 3, 1, 2).float() / 255
+    changed = []
+    for s in scenes:
+        other = "slate" if s.background != "slate" else "khaki"
+        changed.append(render(Scene(list(s.objects[1:]), background=other, resolution=s.resolution)))
+    changed = torch.from_numpy(np.stack(changed)).permute(0, 3, 1, 2).float() / 255
+    teacher = SimpleNamespace(embed_texts=lambda texts: torch.randn(len(texts), 8),
+                              patch_features=lambda x: x.reshape(x.shape[0], 3, -1).transpose(1, 2))
+    expected_total, expected_hit = {}, {}
+    for s in scenes:
+        for j, o in enumerate(s.objects):
+            key = f"{o.cls}_{o.size}"
+            expected_total[key] = expected_total.get(key, 0) + 1
+            expected_hit[key] = expected_hit.get(key, 0) + int(j > 0)
+    for recon, background, recall in ((images, 1.0, lambda k: 1.0),
+                                      (changed, 0.0, lambda k: expected_hit[k] / expected_total[k])):
+        tokenizer = SimpleNamespace(codebook_size=16,
+                                    decoder=SimpleNamespace(sample=lambda z, recon=recon, **kw: recon[: len(z)]))
+        evaluator = TokenizerEvaluator(tokenizer, teacher, recon_images=len(scenes))
+        evaluator._reconstruct(images, torch.zeros(len(scenes), 1, 1), metas)
+        out = evaluator.compute()
+        assert out["recon_background_acc"] == background, seed
+        got = {k.split("/", 1)[1]: v for k, v in out.items() if k.startswith("recon_object_recall/")}
+        assert got == pytest.approx({k: recall(k) for k in expected_total}), seed

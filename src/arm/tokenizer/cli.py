@@ -28,15 +28,20 @@ def _utility_parser() -> argparse.ArgumentParser:
                                     "perplexity). With a ShapeWorld bench beside the shards (DATA/bench/geneval.jsonl) "
                                     "it also writes geneval_recon: the GenEval-protocol score of the round trip of "
                                     "the bench's images, the ceiling of text-to-image through these codes. level_occupancy "
-                                    "gives, per FSQ channel, the share of val tokens at each level.")
+                                    "gives, per FSQ channel, the share of val tokens at each level; "
+                                    "recon_background_acc and recon_object_recall (per 'class_size': the detector "
+                                    "finds an object of that class at its place in the reconstruction; "
+                                    "recon_objects counts them) say where semantic_recon_acc loses its scenes.")
     ev.add_argument("--ckpt", required=True, help="exported tokenizer folder")
     ev.add_argument("--data", required=True, help="ShapeWorld directory (train/ and val/ shards)")
     ev.add_argument("--out", required=True, help="JSON file to write")
     ev.add_argument("--num-val", type=int, default=1000, help="val images")
     ev.add_argument("--num-probe-train", type=int, default=2000, help="train images to fit the linear probes on")
     ev.add_argument("--recon-images", type=int, default=256, help="val images reconstructed")
-    ev.add_argument("--steps", type=int, default=10, help="decoder Euler steps")
-    ev.add_argument("--cfg", type=float, default=1.0, help="decoder-side CFG scale")
+    ev.add_argument("--steps", type=int, default=None,
+                    help="decoder Euler steps; None: the export's (its YAML's val_decode_steps; 10 if it records none)")
+    ev.add_argument("--cfg", type=float, default=None,
+                    help="decoder-side CFG scale; None: the export's (its YAML's val_cfg_scale; 1 if it records none)")
     ev.add_argument("--batch-size", type=int, default=64)
     ev.add_argument("--readout", choices=("export", "head", "teacher"), default="export",
                     help="how zero-shot and the probes read z_q: as the export records (head when it was trained "
@@ -67,8 +72,10 @@ def _utility_parser() -> argparse.ArgumentParser:
     dec.add_argument("--ckpt", required=True, help="exported tokenizer folder")
     dec.add_argument("--codes", required=True, help=".npy file of code indices")
     dec.add_argument("--out", required=True, help="output directory")
-    dec.add_argument("--steps", type=int, default=10)
-    dec.add_argument("--cfg", type=float, default=1.0)
+    dec.add_argument("--steps", type=int, default=None,
+                     help="decoder Euler steps; None: the export's (10 if it records none)")
+    dec.add_argument("--cfg", type=float, default=None,
+                     help="decoder-side CFG scale; None: the export's (1 if it records none)")
     dec.add_argument("--seed", type=int, default=0)
     t7 = sub.add_parser("table7", help="train the four loss-ablation variants and write Table 7",
                         formatter_class=argparse.ArgumentDefaultsHelpFormatter)

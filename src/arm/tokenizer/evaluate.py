@@ -45,7 +45,8 @@ class TokenizerEvaluator:
                 "class": (list(CLASSES), teacher.embed_texts([SHAPE_PROMPT.format(c) for c in CLASSES])),
             }
         self.recon: dict[str, list] = {"psnr": [], "ssim": [], "semantic": [], "real": [], "fake": [],
-                                       "inception_real": [], "inception_fake": []}
+                                       "inception_real": [], "inception_fake": [], "background": []}
+        self.object_hits: dict[str, list[int]] = {}  # "class size" -> [recovered, total] over reconstructed objects
         self.grid: torch.Tensor | None = None
 
     @torch.no_grad()
@@ -96,12 +97,18 @@ class TokenizerEvaluator:
             self.recon["inception_fake"].append(self.inception(recon))
         if metas is not None:
             from arm.data.shapeworld.detector import detect_scene
-            from arm.data.shapeworld.judge import scenes_match
+            from arm.data.shapeworld.judge import objects_recovered, scenes_match
             from arm.data.shapeworld.scene import Scene
 
             pixels = (recon.permute(0, 2, 3, 1) * 255 + 0.5).clamp(0, 255).to(torch.uint8).cpu().numpy()
             for img, meta in zip(pixels, metas):
-                self.recon["semantic"].append(scenes_match(Scene.from_json(meta["scene"]), detect_scene(img)))
+                truth, found = Scene.from_json(meta["scene"]), detect_scene(img)
+                self.recon["semantic"].append(scenes_match(truth, found))
+                self.recon["background"].append(truth.background == found.background)
+                for obj, hit in zip(truth.objects, objects_recovered(truth, found)):
+                    counts = self.object_hits.setdefault(f"{obj.cls} {obj.size}", [0, 0])
+                    counts[0] += int(hit)
+                    counts[1] += 1
         if self.grid is None:
             self.grid = torch.cat([images[:8].cpu(), recon[:8].cpu()])
 
@@ -134,7 +141,11 @@ class TokenizerEvaluator:
                     out["rfid"] = frechet_distance(torch.cat(rec["inception_real"]).numpy(),
                                                    torch.cat(rec["inception_fake"]).numpy())
         if rec["semantic"]:
+            # Where semantic_recon_acc loses its scenes: the background, and each (class, size) of object.
             out["semantic_recon_acc"] = float(np.mean(rec["semantic"]))
+            out["recon_background_acc"] = float(np.mean(rec["background"]))
+            for key, (hit, total) in sorted(self.object_hits.items()):
+                out[f"recon_object_recall/{key.replace(' ', '_')}"] = hit / total
         return out
 
 

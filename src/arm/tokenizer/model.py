@@ -209,15 +209,25 @@ class SemanticTokenizer(nn.Module):
         return self.decoder.sample(z_q, steps=steps, cfg_scale=cfg_scale, generator=generator)
 
 
+DEFAULT_DECODE = {"steps": 10, "cfg": 1.0}
+"""Euler steps and decoder CFG of an export that records none (written before exports recorded them)."""
+
+
 def save_tokenizer(model: SemanticTokenizer, directory: str, teacher_dir: str, lm_dir: str | None,
-                   state: dict[str, torch.Tensor] | None = None) -> str:
+                   state: dict[str, torch.Tensor] | None = None, decode: dict | None = None) -> str:
     """Write ``model.safetensors`` and ``config.json`` (sizes + the teacher/LM paths) into ``directory``.
 
     ``state``: the weights to write instead of ``model.state_dict()``; an FSDP2-sharded model passes its gathered
     ``arm.parallel.full_state_dict`` here, because its own state dict holds shards.
+    ``decode``: the export's default decoder sampling, ``{"steps": int, "cfg": float}`` (``TokenizerModule`` writes
+    its ``val_decode_steps`` and ``val_cfg_scale``); `arm tokenizer eval|decode` use it unless told otherwise.
     """
+    decode = {**DEFAULT_DECODE, **(decode or {})}
+    if int(decode["steps"]) < 1 or float(decode["cfg"]) < 0:
+        raise ValueError(f"decode defaults need steps >= 1 and cfg >= 0, got {decode}")
     meta = {"tokenizer_config": model.config.to_json(), "teacher_dir": os.path.abspath(teacher_dir),
-            "lm_dir": os.path.abspath(lm_dir) if lm_dir else None}
+            "lm_dir": os.path.abspath(lm_dir) if lm_dir else None,
+            "decode": {"steps": int(decode["steps"]), "cfg": float(decode["cfg"])}}
     weights = model if state is None else SimpleNamespace(state_dict=lambda: state)
     return save_export(directory, weights, meta)
 
@@ -260,9 +270,10 @@ def check_teacher_fits(teacher: nn.Module, config: TokenizerConfig, teacher_path
 class TokenizerBundle(nn.Module):
     """Frozen teacher + trained tokenizer: images <-> code indices. Load with ``TokenizerBundle.load(dir)``."""
 
-    def __init__(self, teacher: nn.Module, tokenizer: SemanticTokenizer) -> None:
+    def __init__(self, teacher: nn.Module, tokenizer: SemanticTokenizer, decode: dict | None = None) -> None:
         super().__init__()
         self.teacher, self.tokenizer = teacher.eval(), tokenizer.eval()
+        self.decode_defaults = {**DEFAULT_DECODE, **(decode or {})}  # the export's recorded decoder sampling
         self.requires_grad_(False)
 
     @classmethod
@@ -272,7 +283,7 @@ class TokenizerBundle(nn.Module):
         teacher_path = teacher_path or meta["teacher_dir"]
         teacher = load_tokenizer_teacher(teacher_path)
         check_teacher_fits(teacher, tokenizer.config, teacher_path, f"the tokenizer export {directory!r}")
-        return cls(teacher, tokenizer)
+        return cls(teacher, tokenizer, meta.get("decode"))
 
     @property
     def image_size(self) -> int:

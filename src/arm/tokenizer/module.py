@@ -11,8 +11,9 @@ frozen teacher patch features (B, N, F) -> projection -> FSQ codes -> symmetric 
 A weight of 0 skips that branch's forward pass entirely (and, for L_cap, loading the LM is optional).
 
 Validation logs the losses and, on the first ``val_recon_images`` images, reconstructions sampled with
-``val_decode_steps`` Euler steps: ``val/psnr``, ``val/ssim``, ``val/semantic_recon_acc`` (the ShapeWorld detector
-parses the reconstruction to the same scene), ``val/fd_teacher`` (Fréchet distance between the teacher's mean-pooled
+``val_decode_steps`` Euler steps and decoder CFG ``val_cfg_scale``: ``val/psnr``, ``val/ssim``,
+``val/semantic_recon_acc`` (the ShapeWorld detector parses the reconstruction to the same scene; where it fails:
+``val/recon_background_acc`` and ``val/recon_object_recall/<class>_<size>``), ``val/fd_teacher`` (Fréchet distance between the teacher's mean-pooled
 patch features of originals and reconstructions: not FID) and, when ``inception_weights`` names a local
 torch-fidelity Inception file, ``val/rfid`` (FID between those originals and reconstructions); over the whole val set ``val/code_usage``,
 ``val/code_perplexity``, ``val/zero_shot_color_acc``, ``val/zero_shot_shape_acc`` (pooled z_q against the teacher's
@@ -386,7 +387,9 @@ class TokenizerModule(L.LightningModule):
 
         state = full_state_dict(self.model)  # a collective under FSDP2: every rank takes part, rank 0 gets it all
         if self.trainer.is_global_zero:
-            save_tokenizer(self.model, self.export_dir(), self.hparams.teacher_dir, self.hparams.lm_dir, state)
+            decode = {"steps": self.hparams.val_decode_steps, "cfg": self.hparams.val_cfg_scale}
+            save_tokenizer(self.model, self.export_dir(), self.hparams.teacher_dir, self.hparams.lm_dir, state,
+                           decode)
 
     def state_dict(self, *args, **kwargs):
         # Checkpoints hold the trainable tokenizer only; the frozen teacher and LM are loaded from their folders.

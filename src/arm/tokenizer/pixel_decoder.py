@@ -35,6 +35,15 @@ Choices and simplifications:
   to the next, i.e. along outlines and corners, which is where a decoder trained on MSE alone draws a square as a
   rounded blob. With x-prediction the velocity error is the clean-image error over 1 - t, so the term weighs time
   steps as the MSE does. Measured on the embedded default in experiments/LOG.md (2026-12-05, ninth session).
+- Optional share of times at exactly t = 0 (``zero_time_prob``, not in ARM; our addition). The sampler's first step
+  is always at t = 0, pure noise, where only z_q can say what the image is; a logit-normal(-0.8, 0.8) draws t < 0.02
+  about once in 16,000 draws, and from any later t the decoder reads a flat background's colour off x_t (thousands of
+  pixels average the noise away). So nothing asks the codes to carry what x_t gives away later, and the first step
+  guesses it from the prior. At t = 0 the loss is the plain autoencoder MSE of x_hat (an x-network's velocity error
+  there is x_hat - x1), so these draws ask the codes for the whole image. Measured NEGATIVE on the embedded default
+  (experiments/LOG.md, thirty-first session): at 0.1 and 0.5 the codes still carry no background colour (a linear
+  read-out of it from a plain background patch's pre-rounding z stays at chance) and semantic reconstruction falls
+  (0.605 -> 0.586 / 0.493); off (0) in every YAML.
 - Width rule: keep ``dim >= channels * patch_size**2``. The velocity contains the noise x0, which the network can
   only recover from x_t if the patch embedding does not squeeze a patch below its pixel count (measured on an
   overfitting test: a 48-value patch into width 32 plateaus at ~0.6 of the initial loss, 12 into 32 reaches ~0.1).
@@ -78,6 +87,8 @@ class PixelDiTConfig:
         time_freq_dim: width of the sinusoidal timestep features before the MLP.
         edge_weight: weight of the edge term of L_pix (module docstring): the squared finite differences of the
             velocity error, next to its plain mean squared error; 0 is the plain rectified-flow loss.
+        zero_time_prob: probability that a training draw's t is exactly 0 instead of a draw from
+            ``time_sampling`` (module docstring): the time of the sampler's first step; 0 turns it off.
     """
 
     image_size: int = 64
@@ -93,6 +104,7 @@ class PixelDiTConfig:
     prediction: str = "x"
     time_freq_dim: int = 256
     edge_weight: float = 0.0
+    zero_time_prob: float = 0.0
 
     @property
     def grid(self) -> int:
@@ -168,6 +180,9 @@ class PixelDiT(nn.Module):
             raise ValueError(f"time_std must be > 0 (the logit-normal's scale), got {config.time_std}")
         if config.edge_weight < 0:
             raise ValueError(f"edge_weight must be >= 0 (0 turns the edge term off), got {config.edge_weight}")
+        if not 0.0 <= config.zero_time_prob < 1.0:
+            raise ValueError(f"zero_time_prob must be in [0, 1) (the share of training times at t = 0), "
+                             f"got {config.zero_time_prob}")
         if config.time_sampling not in ("logit_normal", "uniform"):
             raise ValueError(f"time_sampling must be 'logit_normal' or 'uniform', got {config.time_sampling!r}")
         self.config, self.cond_dim = config, cond_dim
@@ -229,11 +244,15 @@ class PixelDiT(nn.Module):
 
     # ---- training ----
     def sample_t(self, batch: int, device: torch.device, generator: torch.Generator | None = None) -> torch.Tensor:
-        """Training times (B,) in (0, 1)."""
-        if self.config.time_sampling == "uniform":
-            return torch.rand(batch, device=device, generator=generator)
+        """Training times (B,) in [0, 1): ``time_sampling``'s draws, each set to 0 with ``zero_time_prob``."""
         cfg = self.config
-        return torch.sigmoid(cfg.time_mean + cfg.time_std * torch.randn(batch, device=device, generator=generator))
+        if cfg.time_sampling == "uniform":
+            t = torch.rand(batch, device=device, generator=generator)
+        else:
+            t = torch.sigmoid(cfg.time_mean + cfg.time_std * torch.randn(batch, device=device, generator=generator))
+        if cfg.zero_time_prob > 0:
+            t = torch.where(torch.rand(batch, device=device, generator=generator) < cfg.zero_time_prob, 0.0, t)
+        return t
 
     def loss(self, images: torch.Tensor, cond: torch.Tensor, cond_drop_prob: float = 0.0,
              generator: torch.Generator | None = None) -> torch.Tensor:

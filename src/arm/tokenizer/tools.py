@@ -46,6 +46,15 @@ def _load(ckpt: str):
     return TokenizerBundle.load(ckpt)
 
 
+def _decode_settings(bundle, ns: argparse.Namespace) -> tuple[int, float]:
+    """Euler steps and decoder CFG: ``--steps`` / ``--cfg`` where given, else the export's recorded defaults."""
+    steps = ns.steps if ns.steps is not None else int(bundle.decode_defaults["steps"])
+    cfg = ns.cfg if ns.cfg is not None else float(bundle.decode_defaults["cfg"])
+    if steps < 1 or cfg < 0:
+        raise SystemExit(f"arm tokenizer: error: --steps must be >= 1 and --cfg >= 0, got {steps} and {cfg}")
+    return steps, cfg
+
+
 def _npy(array: np.ndarray) -> bytes:
     buf = io.BytesIO()
     np.save(buf, array, allow_pickle=False)
@@ -61,6 +70,7 @@ def run_eval(ns: argparse.Namespace) -> int:
     from arm.tokenizer.metrics import InceptionFeatures, fsq_level_occupancy
 
     bundle = _load(ns.ckpt)
+    steps, cfg = _decode_settings(bundle, ns)
     tok = bundle.tokenizer
     if ns.readout != "export":  # re-score an export written before it recorded its readout, or compare the two
         if ns.readout == "teacher" and not callable(getattr(bundle.teacher, "pool", None)):
@@ -77,7 +87,7 @@ def run_eval(ns: argparse.Namespace) -> int:
         lm, _ = load_lm(lm_dir)
         lm_tokenizer = TextTokenizer.from_file(os.path.join(lm_dir, "tokenizer.json"))
     inception = InceptionFeatures(ns.inception_weights) if ns.inception_weights else None
-    evaluator = TokenizerEvaluator(tok, bundle.teacher, ns.recon_images, ns.steps, ns.cfg, inception)
+    evaluator = TokenizerEvaluator(tok, bundle.teacher, ns.recon_images, steps, cfg, inception)
     data = Path(ns.data)
 
     def pooled(split: str, limit: int, evaluate: bool):
@@ -107,23 +117,27 @@ def run_eval(ns: argparse.Namespace) -> int:
     train_x, train_meta = pooled("train", ns.num_probe_train, evaluate=False)
     metrics = evaluator.compute()
     zero_shot = {k: metrics.pop(f"zero_shot_{k}_acc") for k in ("color", "shape") if f"zero_shot_{k}_acc" in metrics}
+    prefix = "recon_object_recall/"
+    recall = {k[len(prefix):]: v for k, v in metrics.items() if k.startswith(prefix)}
     report = {
-        **{k: v for k, v in metrics.items() if not k.startswith("loss")},
+        **{k: v for k, v in metrics.items() if not k.startswith(("loss", prefix))},
+        "recon_object_recall": recall,
+        "recon_objects": {k.replace(" ", "_"): total for k, (_, total) in sorted(evaluator.object_hits.items())},
         "level_occupancy": [[round(v, 4) for v in channel]
                             for channel in fsq_level_occupancy(evaluator.hist, tok.config.levels)],
         "zero_shot_acc": zero_shot,
         "probe_acc": linear_probes(train_x, probe_labels(train_meta), val_x, probe_labels(val_meta)),
         "num_val": len(val_meta),
         "num_probe_train": len(train_meta),
-        "decode_steps": ns.steps,
-        "decoder_cfg": ns.cfg,
+        "decode_steps": steps,
+        "decoder_cfg": cfg,
         "readout": tok.config.readout,
         "ckpt": os.path.abspath(ns.ckpt),
         "seconds": round(time.perf_counter() - started, 1),
     }
     bench = data / "bench"
     if ns.recon_images > 0 and (bench / "geneval.jsonl").is_file():  # ShapeWorld: the generation ceiling
-        report["geneval_recon"] = geneval_reconstruction(bundle, bench, ns.steps, ns.cfg, ns.batch_size)
+        report["geneval_recon"] = geneval_reconstruction(bundle, bench, steps, cfg, ns.batch_size)
         report["seconds"] = round(time.perf_counter() - started, 1)
     originals, recons = evaluator.recon_pairs()
     if originals:  # for `arm figures`: <dir of OUT>/recon/{orig,recon}-XXXX.png
@@ -227,7 +241,8 @@ def run_decode(ns: argparse.Namespace) -> int:
     codes = codes[None] if codes.ndim == 1 else codes
     bundle = _load(ns.ckpt)
     gen = torch.Generator().manual_seed(ns.seed)
-    images = bundle.decode(torch.as_tensor(codes, dtype=torch.long), ns.steps, ns.cfg, gen)
+    steps, cfg = _decode_settings(bundle, ns)
+    images = bundle.decode(torch.as_tensor(codes, dtype=torch.long), steps, cfg, gen)
     out = Path(ns.out)
     out.mkdir(parents=True, exist_ok=True)
     pixels = (images.permute(0, 2, 3, 1) * 255 + 0.5).clamp(0, 255).to(torch.uint8).numpy()

@@ -172,6 +172,14 @@ def _boxes_close(a: Sequence[int], b: Sequence[int], tol: int) -> bool:
     return all(abs(int(u) - int(v)) <= tol for u, v in zip(a, b))
 
 
+def objects_recovered(truth: Scene, found: Scene, box_tol: int = 2) -> list[bool]:
+    """For each object of ``truth``: does ``found`` hold an object of its class whose box agrees within ``box_tol``
+    px on every coordinate? Colour and size are not asked, so a miss is a shape lost or drawn as another class (a
+    star come back as a blob), the failure ``scenes_match`` folds into one bit."""
+    return [any(q.cls == p.cls and _boxes_close(p.bbox, q.bbox, box_tol) for q in found.objects)
+            for p in truth.objects]
+
+
 def scenes_match(a: Scene, b: Scene, box_tol: int = 2) -> bool:
     """Same background and a one-to-one pairing of objects with equal class, colour and size whose boxes agree
     within ``box_tol`` px on every coordinate."""
