@@ -69,7 +69,7 @@ def test_fit_export_eval_encode_decode(parts, export, tmp_path):
                 "semantic_recon_acc", "fd_teacher"):
         assert key in metrics, key
     assert 0 < metrics["code_usage"] <= 1 and metrics["code_perplexity"] >= 1
-    # the breakdown of semantic_recon_acc: every reconstructed object counted under its "class_size" key
+    # the breakdown of semantic_recon_acc: a recall and a count for each "class_size" among the reconstructed objects
     assert 0 <= metrics["recon_background_acc"] <= 1
     assert set(metrics["recon_object_recall"]) == set(metrics["recon_objects"])
     assert all(0 <= v <= 1 for v in metrics["recon_object_recall"].values())
@@ -143,6 +143,9 @@ def test_fit_export_eval_encode_decode(parts, export, tmp_path):
     assert TokenizerBundle(bundle.teacher, bundle.tokenizer).decode_defaults == DEFAULT_DECODE  # an older export
     with pytest.raises(ValueError, match="decode defaults need steps >= 1"):
         save_tokenizer(bundle.tokenizer, str(tmp_path / "bad"), str(parts / "teacher"), None, decode={"steps": 0})
+    assert bundle.decode_settings() == (2, 2.0) and bundle.decode_settings(5, 1.0) == (5, 1.0)
+    with pytest.raises(ValueError, match="CFG scale >= 0"):
+        bundle.decode_settings(cfg_scale=-1.0)
     images = torch.stack([decode_image(s["png"]) for s in list(sources.values())[:8]])  # the first 8, shard order
     with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
         expected = bundle.encode(images).numpy()

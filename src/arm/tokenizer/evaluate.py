@@ -46,7 +46,7 @@ class TokenizerEvaluator:
             }
         self.recon: dict[str, list] = {"psnr": [], "ssim": [], "semantic": [], "real": [], "fake": [],
                                        "inception_real": [], "inception_fake": [], "background": []}
-        self.object_hits: dict[str, list[int]] = {}  # "class size" -> [recovered, total] over reconstructed objects
+        self.object_hits: dict[str, list[int]] = {}  # "class_size" -> [recovered, total] over reconstructed objects
         self.grid: torch.Tensor | None = None
 
     @torch.no_grad()
@@ -106,7 +106,7 @@ class TokenizerEvaluator:
                 self.recon["semantic"].append(scenes_match(truth, found))
                 self.recon["background"].append(truth.background == found.background)
                 for obj, hit in zip(truth.objects, objects_recovered(truth, found)):
-                    counts = self.object_hits.setdefault(f"{obj.cls} {obj.size}", [0, 0])
+                    counts = self.object_hits.setdefault(f"{obj.cls}_{obj.size}", [0, 0])
                     counts[0] += int(hit)
                     counts[1] += 1
         if self.grid is None:
@@ -145,7 +145,7 @@ class TokenizerEvaluator:
             out["semantic_recon_acc"] = float(np.mean(rec["semantic"]))
             out["recon_background_acc"] = float(np.mean(rec["background"]))
             for key, (hit, total) in sorted(self.object_hits.items()):
-                out[f"recon_object_recall/{key.replace(' ', '_')}"] = hit / total
+                out[f"recon_object_recall/{key}"] = hit / total
         return out
 
 

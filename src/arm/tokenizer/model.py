@@ -276,6 +276,16 @@ class TokenizerBundle(nn.Module):
         self.decode_defaults = {**DEFAULT_DECODE, **(decode or {})}  # the export's recorded decoder sampling
         self.requires_grad_(False)
 
+    def decode_settings(self, steps: int | None = None, cfg_scale: float | None = None) -> tuple[int, float]:
+        """Euler steps and decoder CFG: the ones given, else the export's recorded defaults (``DEFAULT_DECODE``
+        for an export that records none); one-line ``ValueError`` for steps < 1 or a negative scale."""
+        steps = int(self.decode_defaults["steps"]) if steps is None else int(steps)
+        cfg_scale = float(self.decode_defaults["cfg"]) if cfg_scale is None else float(cfg_scale)
+        if steps < 1 or cfg_scale < 0:
+            raise ValueError(f"decoding needs steps >= 1 and a CFG scale >= 0, got {steps} and {cfg_scale}: pass "
+                             f"--steps / --cfg in range")
+        return steps, cfg_scale
+
     @classmethod
     def load(cls, directory: str, teacher_path: str | None = None) -> TokenizerBundle:
         """The export in ``directory`` with the teacher its config.json names (or ``teacher_path``)."""
@@ -304,9 +314,11 @@ class TokenizerBundle(nn.Module):
         return self.tokenizer.quantize(self.teacher.patch_features(images), images)[1]
 
     @torch.no_grad()
-    def decode(self, indices: torch.Tensor, steps: int = 10, cfg_scale: float = 1.0,
+    def decode(self, indices: torch.Tensor, steps: int | None = None, cfg_scale: float | None = None,
                generator: torch.Generator | None = None) -> torch.Tensor:
-        """Code indices (B, N) in [0, codebook_size) -> images (B, 3, H, W) in [0, 1]."""
+        """Code indices (B, N) in [0, codebook_size) -> images (B, 3, H, W) in [0, 1]; ``steps`` / ``cfg_scale``
+        default to the export's (``decode_settings``)."""
+        steps, cfg_scale = self.decode_settings(steps, cfg_scale)
         size, tokens = self.tokenizer.codebook_size, self.teacher.config.num_patches
         if indices.ndim != 2 or indices.shape[1] != tokens:
             raise ValueError(f"this tokenizer decodes {tokens} codes per image, got codes of shape "

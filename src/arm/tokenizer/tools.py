@@ -46,15 +46,6 @@ def _load(ckpt: str):
     return TokenizerBundle.load(ckpt)
 
 
-def _decode_settings(bundle, ns: argparse.Namespace) -> tuple[int, float]:
-    """Euler steps and decoder CFG: ``--steps`` / ``--cfg`` where given, else the export's recorded defaults."""
-    steps = ns.steps if ns.steps is not None else int(bundle.decode_defaults["steps"])
-    cfg = ns.cfg if ns.cfg is not None else float(bundle.decode_defaults["cfg"])
-    if steps < 1 or cfg < 0:
-        raise SystemExit(f"arm tokenizer: error: --steps must be >= 1 and --cfg >= 0, got {steps} and {cfg}")
-    return steps, cfg
-
-
 def _npy(array: np.ndarray) -> bytes:
     buf = io.BytesIO()
     np.save(buf, array, allow_pickle=False)
@@ -70,7 +61,7 @@ def run_eval(ns: argparse.Namespace) -> int:
     from arm.tokenizer.metrics import InceptionFeatures, fsq_level_occupancy
 
     bundle = _load(ns.ckpt)
-    steps, cfg = _decode_settings(bundle, ns)
+    steps, cfg = bundle.decode_settings(ns.steps, ns.cfg)  # --steps / --cfg, else the export's
     tok = bundle.tokenizer
     if ns.readout != "export":  # re-score an export written before it recorded its readout, or compare the two
         if ns.readout == "teacher" and not callable(getattr(bundle.teacher, "pool", None)):
@@ -122,7 +113,7 @@ def run_eval(ns: argparse.Namespace) -> int:
     report = {
         **{k: v for k, v in metrics.items() if not k.startswith(("loss", prefix))},
         "recon_object_recall": recall,
-        "recon_objects": {k.replace(" ", "_"): total for k, (_, total) in sorted(evaluator.object_hits.items())},
+        "recon_objects": {k: total for k, (_, total) in sorted(evaluator.object_hits.items())},
         "level_occupancy": [[round(v, 4) for v in channel]
                             for channel in fsq_level_occupancy(evaluator.hist, tok.config.levels)],
         "zero_shot_acc": zero_shot,
@@ -241,8 +232,7 @@ def run_decode(ns: argparse.Namespace) -> int:
     codes = codes[None] if codes.ndim == 1 else codes
     bundle = _load(ns.ckpt)
     gen = torch.Generator().manual_seed(ns.seed)
-    steps, cfg = _decode_settings(bundle, ns)
-    images = bundle.decode(torch.as_tensor(codes, dtype=torch.long), steps, cfg, gen)
+    images = bundle.decode(torch.as_tensor(codes, dtype=torch.long), ns.steps, ns.cfg, gen)
     out = Path(ns.out)
     out.mkdir(parents=True, exist_ok=True)
     pixels = (images.permute(0, 2, 3, 1) * 255 + 0.5).clamp(0, 255).to(torch.uint8).numpy()
