@@ -141,7 +141,7 @@ def test_fit_export_eval_encode_decode(parts, export, tmp_path):
     from arm.tokenizer.model import DEFAULT_DECODE, save_tokenizer
 
     assert TokenizerBundle(bundle.teacher, bundle.tokenizer).decode_defaults == DEFAULT_DECODE  # an older export
-    with pytest.raises(ValueError, match="decode defaults need steps >= 1"):
+    with pytest.raises(ValueError, match="decoding needs steps >= 1"):
         save_tokenizer(bundle.tokenizer, str(tmp_path / "bad"), str(parts / "teacher"), None, decode={"steps": 0})
     assert bundle.decode_settings() == (2, 2.0) and bundle.decode_settings(5, 1.0) == (5, 1.0)
     with pytest.raises(ValueError, match="CFG scale >= 0"):

@@ -213,6 +213,15 @@ DEFAULT_DECODE = {"steps": 10, "cfg": 1.0}
 """Euler steps and decoder CFG of an export that records none (written before exports recorded them)."""
 
 
+def check_decode(steps: int, cfg_scale: float) -> tuple[int, float]:
+    """``(steps, cfg_scale)`` as ``(int, float)``; one-line ``ValueError`` for steps < 1 or a negative scale."""
+    steps, cfg_scale = int(steps), float(cfg_scale)
+    if steps < 1 or cfg_scale < 0:
+        raise ValueError(f"decoding needs steps >= 1 and a CFG scale >= 0, got {steps} and {cfg_scale}: pass "
+                         f"--steps / --cfg (or val_decode_steps / val_cfg_scale) in range")
+    return steps, cfg_scale
+
+
 def save_tokenizer(model: SemanticTokenizer, directory: str, teacher_dir: str, lm_dir: str | None,
                    state: dict[str, torch.Tensor] | None = None, decode: dict | None = None) -> str:
     """Write ``model.safetensors`` and ``config.json`` (sizes + the teacher/LM paths) into ``directory``.
@@ -223,11 +232,9 @@ def save_tokenizer(model: SemanticTokenizer, directory: str, teacher_dir: str, l
     its ``val_decode_steps`` and ``val_cfg_scale``); `arm tokenizer eval|decode` use it unless told otherwise.
     """
     decode = {**DEFAULT_DECODE, **(decode or {})}
-    if int(decode["steps"]) < 1 or float(decode["cfg"]) < 0:
-        raise ValueError(f"decode defaults need steps >= 1 and cfg >= 0, got {decode}")
+    steps, cfg_scale = check_decode(decode["steps"], decode["cfg"])
     meta = {"tokenizer_config": model.config.to_json(), "teacher_dir": os.path.abspath(teacher_dir),
-            "lm_dir": os.path.abspath(lm_dir) if lm_dir else None,
-            "decode": {"steps": int(decode["steps"]), "cfg": float(decode["cfg"])}}
+            "lm_dir": os.path.abspath(lm_dir) if lm_dir else None, "decode": {"steps": steps, "cfg": cfg_scale}}
     weights = model if state is None else SimpleNamespace(state_dict=lambda: state)
     return save_export(directory, weights, meta)
 
@@ -279,12 +286,8 @@ class TokenizerBundle(nn.Module):
     def decode_settings(self, steps: int | None = None, cfg_scale: float | None = None) -> tuple[int, float]:
         """Euler steps and decoder CFG: the ones given, else the export's recorded defaults (``DEFAULT_DECODE``
         for an export that records none); one-line ``ValueError`` for steps < 1 or a negative scale."""
-        steps = int(self.decode_defaults["steps"]) if steps is None else int(steps)
-        cfg_scale = float(self.decode_defaults["cfg"]) if cfg_scale is None else float(cfg_scale)
-        if steps < 1 or cfg_scale < 0:
-            raise ValueError(f"decoding needs steps >= 1 and a CFG scale >= 0, got {steps} and {cfg_scale}: pass "
-                             f"--steps / --cfg in range")
-        return steps, cfg_scale
+        return check_decode(self.decode_defaults["steps"] if steps is None else steps,
+                            self.decode_defaults["cfg"] if cfg_scale is None else cfg_scale)
 
     @classmethod
     def load(cls, directory: str, teacher_path: str | None = None) -> TokenizerBundle:
