@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 
 from arm.ar.lm_module import save_lm
 from arm.ar.model import ARConfig, ARDecoder
@@ -289,6 +290,71 @@ def test_decoder_phase_computes_the_pixel_loss_alone_without_gradients_into_the_
     assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in module.model.decoder.parameters())
     with pytest.raises(ValueError, match="decoder_steps must be >= 0"):
         TokenizerModule(str(parts / "teacher"), lm_dir=None, w_cap=0.0, decoder_steps=-1)
+
+
+def test_colour_loss_reads_each_tokens_mean_colour_and_reaches_the_codes(parts):
+    """``w_colour``: L_colour is the MSE of the linear head on z_q against each 8 x 8 patch's mean colour in [-1, 1]
+    (avg-pooled by hand), or with ``colour_target="image"`` of the head on the mean-pooled z_q against the image's
+    mean colour; its gradient reaches the projection's encoder, the head trains with the rest, and 0 builds no head
+    and computes nothing."""
+    from arm.tokenizer.module import TokenizerModule
+
+    module = TokenizerModule(str(parts / "teacher"), lm_dir=None, levels=[4, 4, 3], w_cap=0.0, w_sig=0.0, w_feat=0.0,
+                             w_pix=0.0, w_colour=3.0)
+    images = torch.rand(2, 3, 64, 64)
+    module.train()
+    got, z_q, _ = module.losses(images, ["a red circle"] * 2)
+    assert set(got) == {"colour"}
+    expected = F.mse_loss(module.colour_head(z_q), F.avg_pool2d(images * 2 - 1, 8).flatten(2).transpose(1, 2))
+    torch.testing.assert_close(got["colour"], expected)
+    got["colour"].backward()
+    assert module.model.projection.enc_in.weight.grad.abs().sum() > 0
+    optimised = {id(p) for group in module.configure_optimizers()["optimizer"].param_groups for p in group["params"]}
+    assert {id(p) for p in module.colour_head.parameters()} <= optimised
+    whole = TokenizerModule(str(parts / "teacher"), lm_dir=None, levels=[4, 4, 3], w_cap=0.0, w_sig=0.0, w_feat=0.0,
+                            w_pix=0.0, w_colour=1.0, colour_target="image")
+    got, z_q, _ = whole.losses(images, ["a red circle"] * 2)
+    expected = F.mse_loss(whole.colour_head(z_q.mean(dim=1)), (images * 2 - 1).mean(dim=(2, 3)))  # (B, 3) each
+    torch.testing.assert_close(got["colour"], expected)
+    plain = TokenizerModule(str(parts / "teacher"), lm_dir=None, levels=[4, 4, 3], w_cap=0.0)
+    assert plain.colour_head is None and "colour" not in plain.losses(images, ["a red circle"] * 2)[0]
+    with pytest.raises(ValueError, match="w_colour must be >= 0"):
+        TokenizerModule(str(parts / "teacher"), lm_dir=None, w_cap=0.0, w_colour=-1.0)
+    with pytest.raises(ValueError, match="colour_target must be 'patch'"):
+        TokenizerModule(str(parts / "teacher"), lm_dir=None, w_cap=0.0, w_colour=1.0, colour_target="pixel")
+
+
+def test_decoder_phase_times_replace_the_decoders_times_in_that_phase_only(parts):
+    """``decoder_phase_times`` [m, s]: the decoder phase's L_pix draws its times from logit-normal(m, s) (the same
+    loss as the decoder's with that override, same noise), while the joint phase keeps the decoder's own law; a
+    malformed pair is refused."""
+    from arm.tokenizer.module import TokenizerModule
+
+    times = [round(float(torch.empty(()).uniform_(-1, 1)), 3), round(float(torch.empty(()).uniform_(0.5, 1.5)), 3)]
+    module = TokenizerModule(str(parts / "teacher"), lm_dir=None, levels=[4, 4, 3], w_cap=0.0, w_sig=0.0, w_feat=0.0,
+                             pix_repeats=1, decoder_steps=3, decoder_phase_times=times)
+    images = torch.rand(3, 3, 64, 64)
+    module.train()
+    seen, original = [], module.model.decoder.sample_t
+
+    def recording(batch, device, generator=None, logit_normal=None):
+        seen.append(logit_normal)
+        return original(batch, device, generator, logit_normal)
+
+    module.model.decoder.sample_t = recording
+    seed = int(torch.randint(0, 2**31, ()))
+    torch.manual_seed(seed)
+    got = module.decoder_phase_losses(images)["pix"]
+    with torch.no_grad():
+        z_q, _ = module.model.quantize(module.teacher.patch_features(images), images)
+    torch.manual_seed(seed)
+    expected = module.model.decoder.loss(images, z_q, module.hparams.cond_drop_prob, logit_normal=tuple(times))
+    torch.testing.assert_close(got.detach(), expected.detach(), msg=f"times {times}, seed {seed}")
+    module.losses(images, ["a red circle"] * 3)  # the joint phase
+    assert seen[0] == tuple(times) and seen[-1] is None, seen
+    for bad in ([0.0], [0.0, 0.0], [0.0, 1.0, 2.0]):
+        with pytest.raises(ValueError, match=r"decoder_phase_times is the decoder phase's logit-normal \[mean, std\]"):
+            TokenizerModule(str(parts / "teacher"), lm_dir=None, w_cap=0.0, decoder_phase_times=bad)
 
 
 def test_compile_blocks_matches_eager_and_leaves_sampling_and_exports_alone(parts):

@@ -1,6 +1,7 @@
 """The tokenizer's pixel input (``TokenizerConfig.pixel_input``, our addition): the projection's encoder reads each
-token's own pixel patch beside the teacher's feature. Checked: a fresh one computes what the plain projection does,
-the patches are the image's own (hand-sliced), it learns from the first step, and the errors say what to pass."""
+token's own pixel patch beside the teacher's feature, or with ``colour_input`` that patch's mean colour. Checked: a
+fresh one computes what the plain projection does, the patches and colours are the image's own (hand-sliced), it
+learns from the first step, and the errors say what to pass."""
 
 from __future__ import annotations
 
@@ -18,11 +19,12 @@ def _projection(pixel_dim: int) -> CodeProjection:
     return CodeProjection(24, 4, [4, 4, 4, 4], cfg, pixel_dim=pixel_dim)
 
 
-def _tokenizer(pixel_input: bool, image_size: int = 16, patch_size: int = 4) -> SemanticTokenizer:
+def _tokenizer(pixel_input: bool, image_size: int = 16, patch_size: int = 4, colour_input: bool = False
+               ) -> SemanticTokenizer:
     config = TokenizerConfig(levels=[4, 4, 4], projection=TransformerConfig(dim=32, num_layers=1, num_heads=4),
                              decoder=PixelDiTConfig(image_size=image_size, patch_size=patch_size, dim=32,
                                                     num_layers=1, num_heads=4),
-                             feature_dim=24, text_embed_dim=8, pixel_input=pixel_input)
+                             feature_dim=24, text_embed_dim=8, pixel_input=pixel_input, colour_input=colour_input)
     return SemanticTokenizer(config)
 
 
@@ -97,3 +99,38 @@ def test_errors_say_what_to_pass():
         _tokenizer(True, patch_size=2).quantize(torch.randn(1, 16, 24), torch.rand(1, 3, 16, 16))
     with pytest.raises(ValueError, match=r"pass pixels of shape \(1, 16, 48\), got \(1, 16, 12\)"):
         tok.projection.encode(torch.randn(1, 16, 24), torch.randn(1, 16, 12))
+
+
+def test_colour_input_is_each_tokens_mean_colour_and_moves_the_codes():
+    """``colour_input``: a (B, N, 3) input, each token's own patch's per-channel mean in [-1, 1] (hand-sliced)."""
+    seed = int(torch.randint(0, 2**31 - 1, ()))
+    gen = torch.Generator().manual_seed(seed)
+    tok = _tokenizer(False, colour_input=True).eval()
+    assert tok.projection.pix_in.weight.shape == (32, 3)
+    images = torch.rand(2, 3, 16, 16, generator=gen)
+    colours = tok.pixel_patches(torch.zeros(2, 16, 24), images)
+    assert colours.shape == (2, 16, 3)
+    for token in range(16):
+        row, col = divmod(token, 4)
+        own = images[:, :, 4 * row:4 * row + 4, 4 * col:4 * col + 4].mean(dim=(2, 3)) * 2 - 1  # (2, 3)
+        torch.testing.assert_close(colours[:, token], own, msg=f"token {token}, seed {seed}")
+    torch.nn.init.normal_(tok.projection.pix_in.weight, generator=gen)
+    feats = torch.randn(1, 16, 24, generator=gen)
+    flat, tinted = torch.full((1, 3, 16, 16), 0.5), torch.full((1, 3, 16, 16), 0.5)
+    tinted[:, 0] = 0.9  # the same flat image, redder: only the colour input differs
+    with torch.no_grad():
+        z_flat, _, _ = tok.projection.encode(feats, tok.pixel_patches(feats, flat))
+        z_tint, _, _ = tok.projection.encode(feats, tok.pixel_patches(feats, tinted))
+    assert not torch.allclose(z_flat, z_tint), f"seed {seed}"
+    config = TokenizerConfig.from_json(tok.config.to_json())
+    assert config.colour_input is True and config.pixel_input is False
+    legacy = tok.config.to_json()
+    del legacy["colour_input"]  # an export written before the option reads as without it
+    assert TokenizerConfig.from_json(legacy).colour_input is False
+
+
+def test_colour_input_errors_say_what_to_pass():
+    with pytest.raises(ValueError, match="set colour_input or pixel_input, not both"):
+        _tokenizer(True, colour_input=True)
+    with pytest.raises(ValueError, match=r"\(colour_input\): pass the images to quantize\(features, images\)"):
+        _tokenizer(False, colour_input=True).quantize(torch.randn(1, 16, 24))

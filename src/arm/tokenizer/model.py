@@ -61,6 +61,11 @@ class TokenizerConfig:
             contrastive encoder drops the edges a reconstruction needs (a linear read-out of our teacher's patch
             features recovers R^2 0.77 of its pixels against 0.91 at random init; its reconstructions come out with
             rounded corners; experiments/LOG.md, session 3 and eighth session).
+        colour_input: the projection's encoder also reads each token's mean colour (3 values per patch of the
+            pixel decoder's grid), through the same zero-initialised map. Our addition, not in ARM: the background
+            colour is a weak direction of our teacher's patch features (0.7% of their variance over plain patches),
+            and codes trained on them alone carry none of it (experiments/LOG.md, thirty-first and thirty-second
+            sessions). Exclusive with ``pixel_input``, which already holds the colours.
     """
 
     levels: list[int] = field(default_factory=lambda: [4, 4, 4, 4, 4, 4])
@@ -73,6 +78,7 @@ class TokenizerConfig:
     sig_pool: str = "teacher"
     readout: str = "head"
     pixel_input: bool = False
+    colour_input: bool = False
 
     @property
     def codebook_size(self) -> int:
@@ -87,7 +93,7 @@ class TokenizerConfig:
                                decoder=PixelDiTConfig(**d["decoder"]), feature_dim=d["feature_dim"],
                                text_embed_dim=d["text_embed_dim"], lm_dim=d["lm_dim"], pool=d.get("pool", "mean"),
                                sig_pool=d.get("sig_pool", "teacher"), readout=d.get("readout", "head"),
-                               pixel_input=d.get("pixel_input", False))
+                               pixel_input=d.get("pixel_input", False), colour_input=d.get("colour_input", False))
 
 
 class AttentionPool(nn.Module):
@@ -137,9 +143,13 @@ class SemanticTokenizer(nn.Module):
             raise ValueError(f"readout must be 'head' (the sigmoid head L_sig trains) or 'teacher' (read z_q as the "
                              f"teacher reads its features), got {config.readout!r}")
         self.config = config
+        if config.pixel_input and config.colour_input:
+            raise ValueError("pixel_input already gives the projection each patch's pixels, colours included: set "
+                             "colour_input or pixel_input, not both")
         dec = config.decoder
+        pixel_dim = dec.channels * dec.patch_size**2 if config.pixel_input else dec.channels if config.colour_input else 0
         self.projection = CodeProjection(config.feature_dim, len(config.levels), config.levels, config.projection,
-                                         pixel_dim=dec.channels * dec.patch_size**2 if config.pixel_input else 0)
+                                         pixel_dim=pixel_dim)
         self.decoder = PixelDiT(config.feature_dim, config.decoder)
         self.sig_pool = AttentionPool(config.feature_dim, 4) if config.sig_pool == "map" else None
         self.sig_head = nn.Linear(config.feature_dim, config.text_embed_dim, bias=False)
@@ -153,16 +163,20 @@ class SemanticTokenizer(nn.Module):
         return self.projection.codebook_size
 
     def pixel_patches(self, features: torch.Tensor, images: torch.Tensor | None) -> torch.Tensor | None:
-        """The encoder's pixel input under ``config.pixel_input``: ``images`` (B, 3, H, W) in [0, 1] as the pixel
-        decoder's patches (B, N, 3 p p) in [-1, 1]; ``None`` without it."""
-        if not self.config.pixel_input:
+        """The encoder's pixel input: under ``config.pixel_input`` ``images`` (B, 3, H, W) in [0, 1] as the pixel
+        decoder's patches (B, N, 3 p p) in [-1, 1], under ``config.colour_input`` those patches' mean colours
+        (B, N, 3); ``None`` without either."""
+        if not (self.config.pixel_input or self.config.colour_input):
             return None
+        which = "pixel_input" if self.config.pixel_input else "colour_input"
         if images is None:
-            raise ValueError("this tokenizer's codes read the images' pixels beside the teacher's features "
-                             "(pixel_input): pass the images to quantize(features, images)")
+            raise ValueError(f"this tokenizer's codes read the images' pixels beside the teacher's features "
+                             f"({which}): pass the images to quantize(features, images)")
         patches = self.decoder.patchify(images * 2 - 1)
+        if self.config.colour_input:  # (B, N, C p p) channel-major -> each channel's mean over its p x p pixels
+            patches = patches.reshape(*patches.shape[:2], self.config.decoder.channels, -1).mean(-1)
         if patches.shape[1] != features.shape[1]:
-            raise ValueError(f"pixel_input needs the pixel decoder's patch grid to match the teacher's: "
+            raise ValueError(f"{which} needs the pixel decoder's patch grid to match the teacher's: "
                              f"{patches.shape[1]} pixel patches against {features.shape[1]} feature tokens; set "
                              f"model.decoder.patch_size so that (image_size / patch_size)^2 = {features.shape[1]}")
         return patches

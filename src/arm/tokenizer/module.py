@@ -43,6 +43,7 @@ from typing import Any
 import lightning as L
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from arm.nn import TransformerConfig
 from arm.optim import adamw_warmup_cosine, trainer_total_steps, two_phase_factor
@@ -64,6 +65,15 @@ class TokenizerModule(L.LightningModule):
         projection: transformer on each side of FSQ.
         decoder: pixel DiT sizes; its ``image_size`` is the data's (and, for an exported teacher, the teacher's).
         w_cap, w_pix, w_sig, w_feat: loss weights (paper: 1, 5, 5, 1); 0 removes the branch.
+        w_colour: weight of L_colour (our addition, not in ARM; 0, the default, removes it): the mean squared error of
+            a linear read-out of each token's z_q against its patch's mean colour (in [-1, 1]), with the gradient
+            in full into the codes as L_pix's. Why: the pixel decoder learns early to ignore the condition on plain
+            background patches (the background can be read off x_t at almost every training time), after which
+            L_pix sends the codes no gradient there, and the codes end up carrying no background colour at all
+            (experiments/LOG.md, thirty-second session); a linear head's gradient does not vanish that way.
+        colour_target: what L_colour reads: "patch" (each token's z_q against its own patch's mean colour) or
+            "image" (the mean-pooled z_q against the whole image's mean colour, which on ShapeWorld is mostly the
+            background's: about a bit a picture instead of a colour for every token).
         cond_drop_prob: probability of dropping z_q for the pixel decoder (decoder-side CFG).
         pix_repeats: in training, L_pix draws this many (noise, time) pairs per image, the batch of z_q repeated
             (MAR's diffusion batch multiplier, Li et al. 2024): more decoder signal per encoder pass at the cost of
@@ -80,6 +90,8 @@ class TokenizerModule(L.LightningModule):
             in full). 1 is the paper; less keeps the codes for the pixels (experiments/LOG.md, 2026-12-04).
         pixel_input: the projection's encoder also reads each token's own pixel patch beside the teacher's feature
             (``arm.tokenizer.model.TokenizerConfig.pixel_input``; not in ARM, whose codes see only the encoder).
+        colour_input: the projection's encoder also reads each token's mean colour (``TokenizerConfig.colour_input``;
+            not in ARM).
         lr, weight_decay, warmup_steps, betas: AdamW with warm-up and cosine decay to ``trainer.max_steps``.
         decoder_lr_scale: the pixel decoder trains at ``lr x decoder_lr_scale`` (everything else at ``lr``), since
             a higher rate for the whole tokenizer destabilises the codes (LOG, eighth session). Measured at 2 on the
@@ -111,6 +123,10 @@ class TokenizerModule(L.LightningModule):
             phase (LOG, twenty-third session; 1,000 val images): 2 moves semantic reconstruction by +0.018 / +0.013
             (seed 0, two harnesses) and -0.010 / +0.002 (seed 1), PSNR +0.1-0.3 dB (3: +0.010, 4: -0.021 at seed
             0): NEUTRAL on the exact-scene figure, so the YAMLs keep 1.
+        decoder_phase_times: the decoder phase's logit-normal [mean, std] of training times (our addition); null
+            keeps the decoder's own (``decoder.time_mean`` / ``time_std``, chosen for the joint phase, where noisy
+            times push the codes). The frozen codes need no such push, and the sampler's late steps (where the
+            outlines of small shapes are drawn) are times the joint phase's distribution rarely draws.
         export: write the trained tokenizer to ``<default_root_dir>/tokenizer`` at the end of fit.
         inception_weights: local torch-fidelity InceptionV3 weights file; validation then logs ``val/rfid``.
     """
@@ -126,12 +142,15 @@ class TokenizerModule(L.LightningModule):
         w_pix: float = 5.0,
         w_sig: float = 5.0,
         w_feat: float = 1.0,
+        w_colour: float = 0.0,
+        colour_target: str = "patch",
         cond_drop_prob: float = 0.1,
         pix_repeats: int = 1,
         sig_pool: str = "teacher",
         sig_queue: int = 0,
         semantic_grad_scale: float = 1.0,
         pixel_input: bool = False,
+        colour_input: bool = False,
         lr: float = 1e-3,
         decoder_lr_scale: float = 1.0,
         weight_decay: float = 0.0,
@@ -145,6 +164,7 @@ class TokenizerModule(L.LightningModule):
         compile_blocks: bool = False,
         decoder_steps: int = 0,
         decoder_phase_lr_scale: float = 1.0,
+        decoder_phase_times: list[float] | None = None,
         export: bool = True,
         inception_weights: str | None = None,
     ) -> None:
@@ -158,6 +178,9 @@ class TokenizerModule(L.LightningModule):
         if decoder_steps < 0 or (decoder_steps > 0 and w_pix <= 0):
             raise ValueError(f"model.decoder_steps must be >= 0 and needs the pixel decoder (w_pix > 0), got "
                              f"decoder_steps={decoder_steps}, w_pix={w_pix}")
+        if decoder_phase_times is not None and (len(decoder_phase_times) != 2 or decoder_phase_times[1] <= 0):
+            raise ValueError(f"model.decoder_phase_times is the decoder phase's logit-normal [mean, std] of training "
+                             f"times (std > 0), or null for the decoder's own; got {decoder_phase_times}")
         if decoder_phase_lr_scale <= 0:
             raise ValueError(f"model.decoder_phase_lr_scale must be > 0 (1 = the joint phase's peak rate), got "
                              f"{decoder_phase_lr_scale}")
@@ -185,6 +208,7 @@ class TokenizerModule(L.LightningModule):
             feature_dim=tc.image_dim, text_embed_dim=tc.embed_dim,
             lm_dim=self.lm.config.dim if self.lm is not None else 0,
             pool=getattr(tc, "pool", "mean"), sig_pool=sig_pool, pixel_input=pixel_input,
+            colour_input=colour_input,
             # Without L_sig the sigmoid head stays random: read z_q the teacher's way, where the teacher can pool
             # patch features itself (ours can; a CLIP teacher's embedding needs its class token, so it cannot).
             readout="teacher" if w_sig == 0 and callable(getattr(self.teacher, "pool", None)) else "head",
@@ -195,6 +219,13 @@ class TokenizerModule(L.LightningModule):
             raise ValueError(f"decoder.image_size {config.decoder.image_size} differs from the teacher's image size "
                              f"{tc.image_size}: set model.decoder.image_size={tc.image_size}")
         self.model = SemanticTokenizer(config)
+        if w_colour < 0:
+            raise ValueError(f"model.w_colour must be >= 0 (0 removes L_colour), got {w_colour}")
+        if colour_target not in ("patch", "image"):
+            raise ValueError(f"model.colour_target must be 'patch' (each token's own patch) or 'image' (the mean-pooled "
+                             f"z_q against the whole image's mean colour), got {colour_target!r}")
+        # A training aid only: not part of the exported tokenizer.
+        self.colour_head = nn.Linear(config.feature_dim, config.decoder.channels) if w_colour > 0 else None
         self._text_queue: torch.Tensor | None = None  # (<= sig_queue, E) earlier batches' caption embeddings
         # Built here so that a bad path fails before training; not a submodule: never checkpointed or sharded.
         self._inception = InceptionFeatures(inception_weights) if inception_weights and w_pix > 0 else None
@@ -277,15 +308,27 @@ class TokenizerModule(L.LightningModule):
             out["cap"] = prefix_caption_loss(self.lm, self.model.cap_adapter(z_sem[:keep]), ids, mask)
         if hp.w_pix > 0:
             out["pix"] = self._pix_loss(images, z_q)
+        if self.colour_head is not None:
+            colours = self.model.decoder.patchify(images.float() * 2 - 1)  # (B, N, C p p), channel-major
+            colours = colours.reshape(*colours.shape[:2], self.model.config.decoder.channels, -1).mean(-1)
+            if colours.shape[1] != z_q.shape[1]:
+                raise ValueError(f"w_colour needs the pixel decoder's patch grid to match the teacher's: "
+                                 f"{colours.shape[1]} patches against {z_q.shape[1]} tokens")
+            if hp.colour_target == "image":  # one colour a picture: the background's, mostly
+                out["colour"] = F.mse_loss(self.colour_head(z_q.mean(dim=1)).float(), colours.mean(dim=1))
+            else:
+                out["colour"] = F.mse_loss(self.colour_head(z_q).float(), colours)
         return out, z_q, indices
 
-    def _pix_loss(self, images: torch.Tensor, z_q: torch.Tensor) -> torch.Tensor:
-        """L_pix with ``pix_repeats`` (noise, time) draws per image in training, one in validation."""
+    def _pix_loss(self, images: torch.Tensor, z_q: torch.Tensor,
+                  logit_normal: tuple[float, float] | None = None) -> torch.Tensor:
+        """L_pix with ``pix_repeats`` (noise, time) draws per image in training, one in validation; ``logit_normal``
+        (mean, std) replaces the decoder's own time distribution (the decoder phase's)."""
         k = self.hparams.pix_repeats if self.training else 1
         # repeat (not expand): each copy gets its own noise, time and condition dropout; z_q's gradient sums over
         # the copies, and the mean over the k-times batch keeps the loss's scale.
         pix_images, pix_cond = (images.repeat(k, 1, 1, 1), z_q.repeat(k, 1, 1)) if k > 1 else (images, z_q)
-        return self.model.decoder.loss(pix_images, pix_cond, self.hparams.cond_drop_prob)
+        return self.model.decoder.loss(pix_images, pix_cond, self.hparams.cond_drop_prob, logit_normal=logit_normal)
 
     def _sig_loss(self, image: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
         """L_sig of pooled image embeddings (B, E) against their captions' (B, E), plus, in training, the queued
@@ -320,7 +363,8 @@ class TokenizerModule(L.LightningModule):
         """L_pix alone on z_q computed without gradients: the codes stay as the joint phase left them."""
         with torch.no_grad():
             z_q, _ = self.model.quantize(self.teacher.patch_features(images), images)
-        return {"pix": self._pix_loss(images, z_q)}
+        times = self.hparams.decoder_phase_times
+        return {"pix": self._pix_loss(images, z_q, tuple(times) if times is not None else None)}
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
         images, captions = self._images_and_captions(batch)
@@ -369,6 +413,8 @@ class TokenizerModule(L.LightningModule):
         decoder = list(self.model.decoder.parameters())
         ids = {id(p) for p in decoder}
         rest = [p for p in self.model.parameters() if id(p) not in ids]
+        if self.colour_head is not None:
+            rest += list(self.colour_head.parameters())
         total = trainer_total_steps(self)
         factor = None
         if hp.decoder_steps:  # the joint phase scheduled as a run of its own; the decoder's phase warms up again

@@ -243,34 +243,39 @@ class PixelDiT(nn.Module):
         return self.unpatchify(self.final(modulate(h, shift, scale)))  # (B, C, H, W)
 
     # ---- training ----
-    def sample_t(self, batch: int, device: torch.device, generator: torch.Generator | None = None) -> torch.Tensor:
-        """Training times (B,) in [0, 1): ``time_sampling``'s draws, each set to 0 with ``zero_time_prob``."""
+    def sample_t(self, batch: int, device: torch.device, generator: torch.Generator | None = None,
+                 logit_normal: tuple[float, float] | None = None) -> torch.Tensor:
+        """Training times (B,) in [0, 1): ``time_sampling``'s draws, each set to 0 with ``zero_time_prob``.
+        ``logit_normal`` (mean, std) replaces the configured distribution for this call (the tokenizer's decoder
+        phase trains at its own times)."""
         cfg = self.config
-        if cfg.time_sampling == "uniform":
+        if logit_normal is None and cfg.time_sampling == "uniform":
             t = torch.rand(batch, device=device, generator=generator)
         else:
-            t = torch.sigmoid(cfg.time_mean + cfg.time_std * torch.randn(batch, device=device, generator=generator))
+            mean, std = logit_normal if logit_normal is not None else (cfg.time_mean, cfg.time_std)
+            t = torch.sigmoid(mean + std * torch.randn(batch, device=device, generator=generator))
         if cfg.zero_time_prob > 0:
             t = torch.where(torch.rand(batch, device=device, generator=generator) < cfg.zero_time_prob, 0.0, t)
         return t
 
     def loss(self, images: torch.Tensor, cond: torch.Tensor, cond_drop_prob: float = 0.0,
-             generator: torch.Generator | None = None) -> torch.Tensor:
+             generator: torch.Generator | None = None, logit_normal: tuple[float, float] | None = None) -> torch.Tensor:
         """L_pix: MSE between predicted and true velocity, plus ``edge_weight`` x ``edge_loss`` of that error.
-        ``images`` (B, C, H, W) in [0, 1]; ``cond`` (B, N, F)."""
-        error = self.velocity_error(images, cond, cond_drop_prob, generator)
+        ``images`` (B, C, H, W) in [0, 1]; ``cond`` (B, N, F); ``logit_normal`` as ``sample_t``."""
+        error = self.velocity_error(images, cond, cond_drop_prob, generator, logit_normal)
         loss = error.square().mean()
         if self.config.edge_weight > 0:
             loss = loss + self.config.edge_weight * edge_loss(error)
         return loss
 
     def velocity_error(self, images: torch.Tensor, cond: torch.Tensor, cond_drop_prob: float = 0.0,
-                       generator: torch.Generator | None = None) -> torch.Tensor:
+                       generator: torch.Generator | None = None,
+                       logit_normal: tuple[float, float] | None = None) -> torch.Tensor:
         """Predicted minus true velocity (B, C, H, W), fp32, at noise and times drawn from ``generator``."""
         x1 = images.float() * 2 - 1  # (B, C, H, W) in [-1, 1]
         B, device = x1.shape[0], x1.device
         x0 = torch.randn(x1.shape, device=device, generator=generator)
-        t = self.sample_t(B, device, generator)  # (B,)
+        t = self.sample_t(B, device, generator, logit_normal)  # (B,)
         tt = t[:, None, None, None]
         x_t = (1 - tt) * x0 + tt * x1
         drop = None
