@@ -320,6 +320,11 @@ def test_colour_loss_reads_each_tokens_mean_colour_and_reaches_the_codes(parts):
     assert plain.colour_head is None and "colour" not in plain.losses(images, ["a red circle"] * 2)[0]
     with pytest.raises(ValueError, match="w_colour must be >= 0"):
         TokenizerModule(str(parts / "teacher"), lm_dir=None, w_cap=0.0, w_colour=-1.0)
+    from arm.tokenizer.pixel_decoder import PixelDiTConfig
+
+    with pytest.raises(ValueError, match=r"256 patches against 64 tokens; set model.decoder.patch_size"):
+        TokenizerModule(str(parts / "teacher"), lm_dir=None, w_cap=0.0, w_colour=1.0,
+                        decoder=PixelDiTConfig(image_size=64, patch_size=4, dim=48, num_layers=1, num_heads=2))
     with pytest.raises(ValueError, match="colour_target must be 'patch'"):
         TokenizerModule(str(parts / "teacher"), lm_dir=None, w_cap=0.0, w_colour=1.0, colour_target="pixel")
 

@@ -230,6 +230,10 @@ class TokenizerModule(L.LightningModule):
         if colour_target not in ("patch", "image"):
             raise ValueError(f"model.colour_target must be 'patch' (each token's own patch) or 'image' (the mean-pooled "
                              f"z_q against the whole image's mean colour), got {colour_target!r}")
+        if w_colour > 0 and config.decoder.num_patches != tc.num_patches:
+            raise ValueError(f"w_colour needs the pixel decoder's patch grid to match the teacher's: "
+                             f"{config.decoder.num_patches} patches against {tc.num_patches} tokens; set "
+                             f"model.decoder.patch_size so that (image_size / patch_size)^2 = {tc.num_patches}")
         # A training aid only: not part of the exported tokenizer.
         self.colour_head = nn.Linear(config.feature_dim, config.decoder.channels) if w_colour > 0 else None
         self._text_queue: torch.Tensor | None = None  # (<= sig_queue, E) earlier batches' caption embeddings
@@ -315,10 +319,7 @@ class TokenizerModule(L.LightningModule):
         if hp.w_pix > 0:
             out["pix"] = self._pix_loss(images, z_q)
         if self.colour_head is not None:
-            colours = self.model.patch_colours(images)  # (B, N, C)
-            if colours.shape[1] != z_q.shape[1]:
-                raise ValueError(f"w_colour needs the pixel decoder's patch grid to match the teacher's: "
-                                 f"{colours.shape[1]} patches against {z_q.shape[1]} tokens")
+            colours = self.model.patch_colours(images)  # (B, N, C); grids checked in __init__
             if hp.colour_target == "image":  # one colour a picture: the background's, mostly
                 out["colour"] = F.mse_loss(self.colour_head(z_q.mean(dim=1)).float(), colours.mean(dim=1))
             else:
