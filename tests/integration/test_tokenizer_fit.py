@@ -295,7 +295,7 @@ def test_decoder_phase_computes_the_pixel_loss_alone_without_gradients_into_the_
 def test_colour_loss_reads_each_tokens_mean_colour_and_reaches_the_codes(parts):
     """``w_colour``: L_colour is the MSE of the linear head on z_q against each 8 x 8 patch's mean colour in [-1, 1]
     (avg-pooled by hand), or with ``colour_target="image"`` of the head on the mean-pooled z_q against the image's
-    mean colour; its gradient reaches the projection's encoder, the head trains with the rest, and 0 builds no head
+    mean colour, or with ``"plain"`` of each token against its patch's colour over the flat patches only; its gradient reaches the projection's encoder, the head trains with the rest, and 0 builds no head
     and computes nothing."""
     from arm.tokenizer.module import TokenizerModule
 
@@ -316,6 +316,19 @@ def test_colour_loss_reads_each_tokens_mean_colour_and_reaches_the_codes(parts):
     got, z_q, _ = whole.losses(images, ["a red circle"] * 2)
     expected = F.mse_loss(whole.colour_head(z_q.mean(dim=1)), (images * 2 - 1).mean(dim=(2, 3)))  # (B, 3) each
     torch.testing.assert_close(got["colour"], expected)
+    # "plain": flat patches only. Every 8 x 8 patch one random colour, then noise over one patch in three.
+    flat_images = F.interpolate(0.6 * torch.rand(2, 3, 8, 8), scale_factor=8, mode="nearest")  # room for noise
+    noisy = torch.rand(2, 64) < 1 / 3
+    noise = F.interpolate(noisy.reshape(2, 1, 8, 8).float(), scale_factor=8, mode="nearest") * torch.rand(2, 3, 64, 64)
+    flat_images = (flat_images + 0.3 * noise).clamp(0, 1)
+    only = TokenizerModule(str(parts / "teacher"), lm_dir=None, levels=[4, 4, 3], w_cap=0.0, w_sig=0.0, w_feat=0.0,
+                           w_pix=0.0, w_colour=1.0, colour_target="plain")
+    got, z_q, _ = only.losses(flat_images, ["a red circle"] * 2)
+    means = F.avg_pool2d(flat_images * 2 - 1, 8).flatten(2).transpose(1, 2)  # (B, 64, 3)
+    keep = ~noisy
+    expected = F.mse_loss(only.colour_head(z_q)[keep], means[keep])
+    torch.testing.assert_close(got["colour"], expected)
+    assert 0 < int(keep.sum()) < 128
     plain = TokenizerModule(str(parts / "teacher"), lm_dir=None, levels=[4, 4, 3], w_cap=0.0)
     assert plain.colour_head is None and "colour" not in plain.losses(images, ["a red circle"] * 2)[0]
     with pytest.raises(ValueError, match="w_colour must be >= 0"):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 
 from arm.tokenizer.pixel_decoder import PixelDiT, PixelDiTConfig, edge_loss, sincos_2d
 
@@ -286,3 +287,40 @@ def test_logit_normal_override_replaces_the_configured_times_for_that_call_only(
         assert abs(logit.mean().item() - mean) < 0.05 * std and abs(logit.std().item() - std) < 0.05 * std, (mean, std)
     own = dit.sample_t(20_000, torch.device("cpu"))  # uniform: mean 1/2, variance 1/12
     assert abs(own.mean().item() - 0.5) < 0.01 and abs(own.var().item() - 1 / 12) < 0.005
+
+
+@pytest.mark.parametrize("n_cond", [16, 5])  # 16 == patches: added; 5: prepended
+def test_cond_every_block_adds_each_blocks_map_of_the_condition_and_starts_as_the_plain_decoder(n_cond):
+    """``cond_every_block``: with its maps at zero (their init) the decoder is the plain one with the same weights;
+    with weights, block i > 0 reads the previous block's tokens plus its map of the projected condition, on the image
+    tokens (same grid) or the prepended condition tokens, as a forward written out by hand gives."""
+    torch.manual_seed(0)
+    plain = _tiny()
+    _randomise(plain)
+    model = _tiny(cond_every_block=True)
+    incompatible = model.load_state_dict(plain.state_dict(), strict=False)
+    assert sorted(incompatible.missing_keys) == ["cond_inject.0.bias", "cond_inject.0.weight"]
+    x, t, cond = torch.randn(2, 3, 16, 16), torch.rand(2), torch.randn(2, n_cond, 12)
+    torch.testing.assert_close(model(x, t, cond), plain(x, t, cond), rtol=0, atol=0)
+    with torch.no_grad():
+        model.cond_inject[0].weight.normal_(0, 0.2)
+        model.cond_inject[0].bias.normal_(0, 0.2)
+    # by hand: the two blocks with the map's output added between them
+    from arm.tokenizer.pixel_decoder import modulate, sincos_1d
+
+    h = model.patch_embed(model.patchify(x)) + model.pos
+    c_tok = model.cond_proj(cond)
+    if n_cond == 16:
+        h = h + c_tok
+    else:
+        h = torch.cat([c_tok + model.cond_type + sincos_1d(torch.arange(n_cond), 32), h], dim=1)
+    c = model.time_mlp(sincos_1d(t * 1000.0, model.config.time_freq_dim))
+    h = model.blocks[0](h, c)
+    extra = c_tok @ model.cond_inject[0].weight.T + model.cond_inject[0].bias
+    h = h + F.pad(extra, (0, 0, 0, h.shape[1] - n_cond)) if n_cond != 16 else h + extra
+    h = model.blocks[1](h, c)[:, -16:]
+    shift, scale = model.final_ada(F.silu(c)).chunk(2, dim=-1)
+    expected = model.unpatchify(model.final(modulate(h, shift, scale)))
+    got = model(x, t, cond)
+    torch.testing.assert_close(got, expected)
+    assert not torch.allclose(got, plain(x, t, cond))

@@ -181,11 +181,17 @@ class SemanticTokenizer(nn.Module):
                              f"model.decoder.patch_size so that (image_size / patch_size)^2 = {features.shape[1]}")
         return patches
 
-    def patch_colours(self, images: torch.Tensor) -> torch.Tensor:
+    def patch_colours(self, images: torch.Tensor, with_spread: bool = False
+                      ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         """``images`` (B, C, H, W) in [0, 1] -> each pixel-decoder patch's mean colour (B, N, C) in [-1, 1], raster
-        order (``colour_input``'s encoder input and L_colour's target)."""
+        order (``colour_input``'s encoder input and L_colour's target); ``with_spread`` also returns each patch's
+        largest absolute deviation of a pixel channel from that mean (B, N), 0 for a patch of one flat colour."""
         patches = self.decoder.patchify(images.float() * 2 - 1)  # (B, N, C p p), channel-major
-        return patches.reshape(*patches.shape[:2], self.config.decoder.channels, -1).mean(-1)
+        patches = patches.reshape(*patches.shape[:2], self.config.decoder.channels, -1)
+        means = patches.mean(-1)
+        if not with_spread:
+            return means
+        return means, (patches - means[..., None]).abs().amax(dim=(-2, -1))
 
     def quantize(self, features: torch.Tensor, images: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Teacher features (B, N, F) [and, under ``pixel_input``, their images] -> (z_q (B, N, F), indices (B, N))."""

@@ -44,6 +44,13 @@ Choices and simplifications:
   (experiments/LOG.md, thirty-first session): at 0.1 and 0.5 the codes still carry no background colour (a linear
   read-out of it from a plain background patch's pre-rounding z stays at chance) and semantic reconstruction falls
   (0.605 -> 0.586 / 0.493); off (0) in every YAML.
+- Optional re-injection of the condition (``cond_every_block``, not in ARM; our addition): before every block after
+  the first, the projected condition goes through a zero-initialised linear map of that block's and is added to the
+  tokens it first went to, so deeper blocks see z_q at full strength next to x_t, whose patch embedding dominates at
+  late times (the reconstructions lose small stars and crosses to blobs, and decoder CFG applied at late steps only
+  recovers part of them: experiments/LOG.md, thirty-third session). Measured NEUTRAL there on the embedded default
+  (semantic reconstruction 0.670 against 0.685, within the ~0.02 two fits of one config differ by; fd_teacher 0.185
+  -> 0.120; small stars / crosses 0.20 / 0.46 against 0.23 / 0.44); off in every YAML.
 - Width rule: keep ``dim >= channels * patch_size**2``. The velocity contains the noise x0, which the network can
   only recover from x_t if the patch embedding does not squeeze a patch below its pixel count (measured on an
   overfitting test: a 48-value patch into width 32 plateaus at ~0.6 of the initial loss, 12 into 32 reaches ~0.1).
@@ -89,6 +96,8 @@ class PixelDiTConfig:
             velocity error, next to its plain mean squared error; 0 is the plain rectified-flow loss.
         zero_time_prob: probability that a training draw's t is exactly 0 instead of a draw from
             ``time_sampling`` (module docstring): the time of the sampler's first step; 0 turns it off.
+        cond_every_block: also add a zero-initialised linear map of the projected condition to the tokens before
+            every block after the first (module docstring); False adds it at the input only.
     """
 
     image_size: int = 64
@@ -105,6 +114,7 @@ class PixelDiTConfig:
     time_freq_dim: int = 256
     edge_weight: float = 0.0
     zero_time_prob: float = 0.0
+    cond_every_block: bool = False
 
     @property
     def grid(self) -> int:
@@ -196,6 +206,12 @@ class PixelDiT(nn.Module):
         self.blocks = nn.ModuleList(DiTBlock(d, config.num_heads, config.hidden) for _ in range(config.num_layers))
         # torch.compile'd blocks for the training pass (``arm.nn.compile_blocks``); a plain list, not registered.
         self.compiled_blocks: list | None = None
+        # cond_every_block: one map a block after the first, zero at init (the plain decoder's function)
+        self.cond_inject = nn.ModuleList(nn.Linear(d, d) for _ in range(config.num_layers - 1)) \
+            if config.cond_every_block else None
+        for layer in self.cond_inject or ():
+            nn.init.zeros_(layer.weight)
+            nn.init.zeros_(layer.bias)
         self.final_ada = nn.Linear(d, 2 * d)
         self.final = nn.Linear(d, patch_dim)
         for layer in (self.final_ada, self.final):  # zero output at init: the initial velocity guess is 0
@@ -236,7 +252,11 @@ class PixelDiT(nn.Module):
         c = self.time_mlp(sincos_1d(t * 1000.0, self.config.time_freq_dim))  # (B, D); DiT's t in [0, 1000]
         # Compiled blocks serve training only: sampling and evaluation change the batch (CFG doubles it, the last
         # chunk is short) and run without gradients, and each change would cost a recompile.
-        for block in self.compiled_blocks if (self.compiled_blocks and self.training) else self.blocks:
+        blocks = self.compiled_blocks if (self.compiled_blocks and self.training) else self.blocks
+        for i, block in enumerate(blocks):
+            if i and self.cond_inject is not None:  # the condition again, on the tokens it first went to
+                extra = self.cond_inject[i - 1](c_tok)
+                h = h + extra if n == num_patches else torch.cat([h[:, :n] + extra, h[:, n:]], dim=1)
             h = block(h, c)
         h = h[:, -num_patches:]  # (B, P, D): drop prepended condition tokens, if any
         shift, scale = self.final_ada(F.silu(c)).chunk(2, dim=-1)
