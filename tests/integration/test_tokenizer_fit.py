@@ -295,8 +295,9 @@ def test_decoder_phase_computes_the_pixel_loss_alone_without_gradients_into_the_
 def test_colour_loss_reads_each_tokens_mean_colour_and_reaches_the_codes(parts):
     """``w_colour``: L_colour is the MSE of the linear head on z_q against each 8 x 8 patch's mean colour in [-1, 1]
     (avg-pooled by hand), or with ``colour_target="image"`` of the head on the mean-pooled z_q against the image's
-    mean colour, or with ``"plain"`` of each token against its patch's colour over the flat patches only; its gradient reaches the projection's encoder, the head trains with the rest, and 0 builds no head
-    and computes nothing."""
+    mean colour, or with ``"plain"`` of each token against its patch's colour over the flat patches only; its
+    gradient reaches the projection's encoder, the head trains with the rest, and 0 builds no head and computes
+    nothing."""
     from arm.tokenizer.module import TokenizerModule
 
     module = TokenizerModule(str(parts / "teacher"), lm_dir=None, levels=[4, 4, 3], w_cap=0.0, w_sig=0.0, w_feat=0.0,
@@ -329,6 +330,7 @@ def test_colour_loss_reads_each_tokens_mean_colour_and_reaches_the_codes(parts):
     expected = F.mse_loss(only.colour_head(z_q)[keep], means[keep])
     torch.testing.assert_close(got["colour"], expected)
     assert 0 < int(keep.sum()) < 128
+    assert float(only.losses(images, ["a red circle"] * 2)[0]["colour"]) == 0.0  # noise: no flat patch, 0 not NaN
     plain = TokenizerModule(str(parts / "teacher"), lm_dir=None, levels=[4, 4, 3], w_cap=0.0)
     assert plain.colour_head is None and "colour" not in plain.losses(images, ["a red circle"] * 2)[0]
     with pytest.raises(ValueError, match="w_colour must be >= 0"):
