@@ -50,7 +50,8 @@ Choices and simplifications:
   late times (the reconstructions lose small stars and crosses to blobs, and decoder CFG applied at late steps only
   recovers part of them: experiments/LOG.md, thirty-third session). Measured NEUTRAL there on the embedded default
   (semantic reconstruction 0.670 against 0.685, within the ~0.02 two fits of one config differ by; fd_teacher 0.185
-  -> 0.120; small stars / crosses 0.20 / 0.46 against 0.23 / 0.44); off in every YAML.
+  -> 0.120; small stars / crosses 0.20 / 0.46 against 0.23 / 0.44), and the AR recipe on its codes lost POPE at
+  seed 0 (-0.076, beyond its interval; GenEval -0.006); off in every YAML.
 - Width rule: keep ``dim >= channels * patch_size**2``. The velocity contains the noise x0, which the network can
   only recover from x_t if the patch embedding does not squeeze a patch below its pixel count (measured on an
   overfitting test: a 48-value patch into width 32 plateaus at ~0.6 of the initial loss, 12 into 32 reaches ~0.1).
