@@ -332,11 +332,12 @@ class TokenizerModule(L.LightningModule):
         if hp.w_pix > 0:
             out["pix"] = self._pix_loss(images, z_q)
         if self.colour_head is not None:
-            # (B, N, C) and (B, N); grids checked in __init__
-            colours, spread = self.model.patch_colours(images, with_spread=True)
+            plain = hp.colour_target == "plain"  # only it needs the patches' spread
+            colours = self.model.patch_colours(images, with_spread=plain)  # (B, N, C); grids checked in __init__
             if hp.colour_target == "image":  # one colour a picture: the background's, mostly
                 out["colour"] = F.mse_loss(self.colour_head(z_q.mean(dim=1)).float(), colours.mean(dim=1))
-            elif hp.colour_target == "plain":  # flat patches only; a batch without one adds 0, not NaN
+            elif plain:  # flat patches only; a batch without one adds 0, not NaN
+                colours, spread = colours
                 flat = (spread <= PLAIN_PATCH_TOL).float()[..., None]  # (B, N, 1)
                 error = (self.colour_head(z_q).float() - colours).square() * flat
                 out["colour"] = error.sum() / (flat.sum() * colours.shape[-1]).clamp(min=1.0)
